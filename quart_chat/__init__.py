@@ -1,0 +1,1 @@
+"""quart-chat: a self-hosted, real-time group chat for teams."""

@@ -1,0 +1,86 @@
+"""The application factory: wiring only, no work at import time."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hypercorn.middleware import ProxyFixMiddleware
+from quart_auth import QuartAuth
+
+from .base import ChatApp
+from .blueprints import ops
+from .config import Settings, SettingsError, ensure_secret_key, load_settings
+from .errors import register_error_handlers
+from .mail import make_mailer
+from .security import add_security_headers
+from .sessions import SessionUser
+from .storage import open_redis
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> Path:
+    """Find `templates/` or `static/`: inside the package when installed from a
+    wheel, else at the repo root (a source checkout or editable install)."""
+    bundled = PACKAGE_DIR / name
+    return bundled if bundled.is_dir() else PACKAGE_DIR.parent / name
+
+
+def create_app(settings: Settings | None = None) -> ChatApp:
+    settings = ensure_secret_key(settings or load_settings())
+    redis_url = settings.redis_url
+    if redis_url is None:
+        raise SettingsError(
+            "CHAT_REDIS_URL: not set; run `quart-chat serve`, which starts an embedded Redis"
+        )
+    app = ChatApp(
+        __name__,
+        template_folder=str(asset_dir("templates")),
+        static_folder=str(asset_dir("static")),
+    )
+    app.settings = settings
+    app.secret_key = settings.secret()
+    app.config.update(
+        QUART_AUTH_COOKIE_SECURE=settings.cookie_secure,
+        QUART_AUTH_COOKIE_SAMESITE="Lax",
+        QUART_AUTH_COOKIE_HTTP_ONLY=True,
+        QUART_AUTH_DURATION=settings.session_seconds,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    # One QuartAuth per app rather than a module-level one: init_app copies the
+    # cookie settings onto the extension, and tests build apps with different ones.
+    QuartAuth(app, user_class=SessionUser)
+    app.mailer = make_mailer(settings)
+
+    app.register_blueprint(ops.blueprint)
+    register_error_handlers(app)
+    app.after_request(add_security_headers)
+
+    @app.before_serving
+    async def open_connections() -> None:
+        app.redis = open_redis(redis_url)
+
+    @app.after_serving
+    async def close_connections() -> None:
+        await app.redis.aclose()
+
+    if settings.trusted_proxy_hops:
+        # Rewrites the client address and scheme from X-Forwarded-* for exactly
+        # this many proxies; with 0 hops those headers are ignored entirely.
+        app.asgi_app = ProxyFixMiddleware(  # type: ignore[method-assign]
+            app.asgi_app, mode="legacy", trusted_hops=settings.trusted_proxy_hops
+        )
+    return app
+
+
+def create_worker_app() -> ChatApp:
+    """Entry point for each Hypercorn worker process started by `quart-chat serve`."""
+    configure_logging()
+    return create_app()
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    )

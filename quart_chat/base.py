@@ -1,0 +1,24 @@
+"""The Quart subclass that carries this app's settings, Redis pool and mailer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from quart import Quart, current_app
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .config import Settings
+    from .mail import Mailer
+
+
+class ChatApp(Quart):
+    settings: Settings
+    mailer: Mailer
+    # Set in `before_serving`, closed in `after_serving`; never per request.
+    redis: Redis
+
+
+def get_app() -> ChatApp:
+    return cast(ChatApp, current_app)

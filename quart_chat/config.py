@@ -1,0 +1,189 @@
+"""Typed settings, read from `CHAT_*` environment variables and `.env`.
+
+Every variable is documented in `.env.example`; a bad value stops the server at
+start with one readable line (see `SettingsError`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "replace-me", "your-secret-key"}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SmtpSecurity(enum.StrEnum):
+    STARTTLS = "starttls"
+    TLS = "tls"
+    NONE = "none"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one human-readable line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHAT_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    secret_key: SecretStr | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path("./var")
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: SmtpSecurity = SmtpSecurity.STARTTLS
+    smtp_from: str | None = None
+    smtp_timeout_seconds: float = Field(30.0, gt=0)
+
+    allowed_origins: CommaList = []
+    cookie_secure: bool = True
+    allowed_email_domains: CommaList = []
+    allowed_emails: CommaList = []
+    admin_emails: CommaList = []
+    trusted_proxy_hops: int = Field(0, ge=0, le=10)
+    session_days: int = Field(30, ge=1)
+
+    code_ttl_seconds: int = Field(600, ge=10)
+    code_max_attempts: int = Field(5, ge=1)
+    code_resend_seconds: int = Field(60, ge=0)
+    code_requests_per_ip_hour: int = Field(30, ge=1)
+    login_attempts_per_ip_hour: int = Field(300, ge=1)
+    code_failures_per_email_day: int = Field(100, ge=1)
+
+    message_max_chars: int = Field(4000, ge=1, le=16000)
+    messages_per_minute: int = Field(120, ge=1)
+    history_per_room: int = Field(10000, ge=100)
+
+    @field_validator(
+        "allowed_origins",
+        "allowed_email_domains",
+        "allowed_emails",
+        "admin_emails",
+        mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_email_domains", "allowed_emails", "admin_emails")
+    @classmethod
+    def _lowercase(cls, value: list[str]) -> list[str]:
+        return [item.lower() for item in value]
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+                raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
+        return [origin.lower() for origin in value]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @field_validator("smtp_host", "smtp_username", "smtp_from")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        raw = value.get_secret_value()
+        if raw.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "is a placeholder; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        if len(raw) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _smtp_from_required(self) -> Settings:
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("CHAT_SMTP_FROM is required when CHAT_SMTP_HOST is set")
+        if self.smtp_from and "@" not in self.smtp_from:
+            raise ValueError("CHAT_SMTP_FROM must be an address like chat@example.com")
+        return self
+
+    @property
+    def session_seconds(self) -> int:
+        return self.session_days * 86400
+
+    def secret(self) -> str:
+        """The signing key; `ensure_secret_key` must have filled it in."""
+        if self.secret_key is None:
+            raise SettingsError("CHAT_SECRET_KEY: not set and no key was generated")
+        return self.secret_key.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's error into one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_error(error)) from None
+
+
+def describe_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(loc) for loc in item["loc"])
+        name = f"CHAT_{field.upper()}" if field else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if not field or "secret" in field or "password" in field else f" (got {given!r})"
+        if not field:
+            parts.append(message)
+        else:
+            parts.append(f"{name}: {message}{shown}")
+    return "; ".join(parts)
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Fill in a generated secret key kept in the data dir, shared by all workers."""
+    if settings.secret_key is not None:
+        return settings
+    path = settings.data_dir / SECRET_KEY_FILE
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+    else:
+        key = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w") as file:
+            file.write(key + "\n")
+        log.warning(
+            "CHAT_SECRET_KEY is not set: generated one and saved it in %s (mode 0600). "
+            "Set CHAT_SECRET_KEY to keep sessions valid if the data dir is lost.",
+            path,
+        )
+    if len(key) < 32:
+        raise SettingsError(f"{path}: the stored secret key is too short; delete the file")
+    return settings.model_copy(update={"secret_key": SecretStr(key)})

@@ -1,0 +1,105 @@
+"""Users and server-side sessions: the cookie carries only an opaque session id.
+
+A session exists only while its Redis key does, so logout (or expiry) takes
+effect everywhere at once; `revoke_session` also announces the revocation so
+every worker can close that session's WebSockets.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from quart_auth import Action, AuthUser
+from redis.asyncio import Redis
+
+from .base import get_app
+from .storage import as_text
+
+SESSION_REVOKED_CHANNEL = "chat:session-revoked"
+
+
+def _session_key(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def _user_key(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+USERS_BY_EMAIL = "users:by-email"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    email: str
+
+    def public(self) -> dict[str, str]:
+        """What other users may see: never the email."""
+        return {"id": self.id, "name": self.name}
+
+
+async def get_or_create_user(redis: Redis, email: str) -> User:
+    email = email.lower()
+    new_id = secrets.token_hex(8)
+    # HSETNX makes two first logins of the same address agree on one id.
+    await redis.hsetnx(USERS_BY_EMAIL, email, new_id)
+    stored_id = await redis.hget(USERS_BY_EMAIL, email)
+    assert stored_id is not None
+    user_id = as_text(stored_id)
+    if user_id == new_id:
+        await redis.hset(_user_key(user_id), mapping={"email": email, "name": email.split("@")[0]})
+    user = await get_user(redis, user_id)
+    assert user is not None
+    return user
+
+
+async def get_user(redis: Redis, user_id: str) -> User | None:
+    fields = await redis.hgetall(_user_key(user_id))
+    if not fields:
+        return None
+    return User(id=user_id, name=as_text(fields[b"name"]), email=as_text(fields[b"email"]))
+
+
+async def create_session(redis: Redis, user: User, ttl_seconds: int) -> str:
+    session_id = secrets.token_urlsafe(32)  # 256 bits
+    await redis.set(_session_key(session_id), user.id, ex=ttl_seconds)
+    return session_id
+
+
+async def load_session(redis: Redis, session_id: str) -> User | None:
+    user_id = await redis.get(_session_key(session_id))
+    if user_id is None:
+        return None
+    return await get_user(redis, as_text(user_id))
+
+
+async def session_exists(redis: Redis, session_id: str) -> bool:
+    return bool(await redis.exists(_session_key(session_id)))
+
+
+async def revoke_session(redis: Redis, session_id: str) -> None:
+    await redis.delete(_session_key(session_id))
+    await redis.publish(SESSION_REVOKED_CHANNEL, session_id)
+
+
+class SessionUser(AuthUser):
+    """quart-auth's user: `auth_id` is the session id, resolved against Redis once per request."""
+
+    def __init__(self, auth_id: str | None, action: Action = Action.PASS) -> None:
+        super().__init__(auth_id, action)
+        self._loaded = False
+        self._user: User | None = None
+
+    async def load(self) -> User | None:
+        if not self._loaded:
+            self._loaded = True
+            if self.auth_id is not None:
+                self._user = await load_session(get_app().redis, self.auth_id)
+        return self._user
+
+    @property
+    async def is_authenticated(self) -> bool:
+        return await self.load() is not None

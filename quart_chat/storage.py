@@ -1,0 +1,30 @@
+"""The Redis connection pool every worker keeps on `app.redis`."""
+
+from __future__ import annotations
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+# redis-py's `from_url` caps the pool at 100 and raises past that; a blocking
+# pool makes a burst wait for a free connection instead of failing a request.
+POOL_SIZE = 64
+POOL_WAIT_SECONDS = 10
+# Plain commands answer in milliseconds; this only bounds a dead server.
+# Blocking commands (pub/sub reads, XREAD BLOCK) pass their own timeouts.
+COMMAND_TIMEOUT_SECONDS = 5
+
+
+def open_redis(url: str) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_SECONDS,
+        socket_timeout=COMMAND_TIMEOUT_SECONDS,
+        socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool, so aclose() closes it too
+
+
+def as_text(value: bytes | str) -> str:
+    """redis-py types every reply as `bytes | str`; this pool returns bytes."""
+    return value.decode() if isinstance(value, bytes) else value

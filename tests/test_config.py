@@ -1,0 +1,103 @@
+"""Settings: defaults, parsing of every kind of value, and one-line errors."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from quart_chat.config import (
+    Settings,
+    SettingsError,
+    SmtpSecurity,
+    ensure_secret_key,
+    load_settings,
+)
+
+
+def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.secret_key is None and settings.redis_url is None
+    assert settings.data_dir == Path("./var")
+    assert settings.smtp_port == 587 and settings.smtp_security is SmtpSecurity.STARTTLS
+    assert settings.cookie_secure is True and settings.trusted_proxy_hops == 0
+    assert (
+        settings.code_ttl_seconds,
+        settings.code_max_attempts,
+        settings.code_resend_seconds,
+    ) == (
+        600,
+        5,
+        60,
+    )
+    assert settings.code_requests_per_ip_hour == 30
+    assert settings.login_attempts_per_ip_hour == 300
+    assert settings.code_failures_per_email_day == 100
+    assert settings.session_days == 30 and settings.session_seconds == 30 * 86400
+    assert settings.message_max_chars == 4000 and settings.messages_per_minute == 120
+    assert settings.history_per_room == 10000
+    assert settings.allowed_origins == [] and settings.allowed_emails == []
+
+
+def test_reads_environment_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_SMTP_PORT", "2525")
+    monkeypatch.setenv("CHAT_SMTP_SECURITY", "tls")
+    monkeypatch.setenv("CHAT_ALLOWED_EMAIL_DOMAINS", "Example.com, corp.example ,")
+    monkeypatch.setenv("CHAT_ALLOWED_ORIGINS", "https://chat.example.com")
+    monkeypatch.setenv("CHAT_COOKIE_SECURE", "false")
+    settings = load_settings()
+    assert settings.smtp_port == 2525 and settings.smtp_security is SmtpSecurity.TLS
+    assert settings.allowed_email_domains == ["example.com", "corp.example"]
+    assert settings.allowed_origins == ["https://chat.example.com"]
+    assert settings.cookie_secure is False
+
+
+def test_reads_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CHAT_MESSAGES_PER_MINUTE=7\n")
+    assert load_settings().messages_per_minute == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("CHAT_SMTP_PORT", "abc", "CHAT_SMTP_PORT: Input should be a valid integer"),
+        ("CHAT_SMTP_SECURITY", "maybe", "CHAT_SMTP_SECURITY: Input should be 'starttls', 'tls' or"),
+        ("CHAT_REDIS_URL", "http://x", "CHAT_REDIS_URL: must start with redis://"),
+        ("CHAT_SECRET_KEY", "changeme", "CHAT_SECRET_KEY: is a placeholder"),
+        ("CHAT_SECRET_KEY", "short", "CHAT_SECRET_KEY: must be at least 32 characters"),
+        ("CHAT_ALLOWED_ORIGINS", "chat.example.com", "CHAT_ALLOWED_ORIGINS: 'chat.example.com'"),
+        ("CHAT_SMTP_HOST", "smtp.example.com", "CHAT_SMTP_FROM is required"),
+        ("CHAT_TRUSTED_PROXY_HOPS", "-1", "CHAT_TRUSTED_PROXY_HOPS: Input should be greater"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_secret_values_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_SECRET_KEY", "short-but-secret")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "short-but-secret" not in str(caught.value)
+    monkeypatch.setenv("CHAT_SECRET_KEY", "k" * 40)
+    assert "k" * 40 not in repr(load_settings())
+
+
+def test_generated_secret_key_is_private_and_reused(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "var")  # type: ignore[call-arg]
+    first = ensure_secret_key(settings)
+    key_file = tmp_path / "var" / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    second = ensure_secret_key(settings)
+    assert first.secret() == second.secret()
+    assert len(first.secret()) >= 32
