@@ -1,18 +1,25 @@
-"""Fixed-window counters in Redis, so a limit holds across every worker process."""
+"""Fixed-window counters in Redis, so a limit holds across every worker process.
+
+Written for Redis 6.2 (the embedded server): no `EXPIRE ... NX`, so the window
+is started by a script, atomically with the first hit.
+"""
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+"""
+
 
 async def hit_limit(redis: Redis, key: str, limit: int, window_seconds: int) -> int | None:
     """Count one hit on `key`; return seconds until the window resets if over `limit`, else None."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.incr(key)
-    # NX: the window starts at the first hit and is not extended by later ones.
-    pipe.expire(key, window_seconds, nx=True)
-    pipe.ttl(key)
-    count, _, ttl = await pipe.execute()
+    count, ttl = await redis.eval(_HIT, 1, key, window_seconds)
     if int(count) > limit:
         return max(1, int(ttl))
     return None
