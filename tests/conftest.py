@@ -20,6 +20,7 @@ from quart_chat.base import ChatApp
 from quart_chat.config import Settings
 
 from .servers import RedisServer
+from .smtp import SmtpSink
 
 TEST_SECRET = "test-secret-key-" + "x" * 32
 
@@ -78,3 +79,12 @@ async def app(settings: Settings, redis: Redis) -> AsyncIterator[ChatApp]:
 @pytest.fixture
 def client(app: ChatApp) -> QuartClient:
     return app.test_client()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

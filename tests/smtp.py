@@ -1,0 +1,90 @@
+"""A real SMTP server (aiosmtpd) that keeps what it receives, for reading login codes in tests."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import ssl
+import threading
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .servers import free_port
+
+CODE_PATTERN = re.compile(r"\b(\d{6})\b")
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        with self.lock:
+            self.messages.append(message)
+        return "250 OK"
+
+
+class SmtpSink:
+    """aiosmtpd on 127.0.0.1 in its own thread. `tls_context` enables STARTTLS (required)."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None, **smtp_kwargs: Any) -> None:
+        self.inbox = _Inbox()
+        self.port = free_port()
+        kwargs: dict[str, Any] = dict(smtp_kwargs)
+        if tls_context is not None:
+            kwargs.update(tls_context=tls_context, require_starttls=True)
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)
+
+    def start(self) -> SmtpSink:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        with self.inbox.lock:
+            return list(self.inbox.messages)
+
+    def messages_to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if address.lower() in str(m["To"]).lower()]
+
+    def wait_for_message(self, address: str, count: int = 1, timeout: float = 15.0) -> EmailMessage:
+        """Block until `count` messages reached `address`; return the newest."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.messages_to(address)
+            if len(found) >= count:
+                return found[-1]
+            time.sleep(0.02)
+        raise TimeoutError(f"no mail #{count} for {address} within {timeout}s")
+
+    def wait_for_code(self, address: str, count: int = 1, timeout: float = 15.0) -> str:
+        return code_in(self.wait_for_message(address, count, timeout))
+
+    def env(self) -> dict[str, str]:
+        """CHAT_* settings that point a server at this sink (plain SMTP, local only)."""
+        return {
+            "CHAT_SMTP_HOST": "127.0.0.1",
+            "CHAT_SMTP_PORT": str(self.port),
+            "CHAT_SMTP_SECURITY": "none",
+            "CHAT_SMTP_FROM": "quart-chat <chat@example.test>",
+        }
+
+
+def code_in(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    assert body is not None
+    match = CODE_PATTERN.search(body.get_content())
+    assert match, body.get_content()
+    return match.group(1)
