@@ -31,6 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -318,6 +319,11 @@ async def run_step(
             samples.append(sample())
 
     sampler = asyncio.create_task(sample_window())
+    profiler = (
+        asyncio.create_task(profile_worker(server, step, args.profile, index))
+        if args.profile
+        else None
+    )
     send_lag: list[float] = []
     unsent = 0
     for g, (at, sender, seq) in enumerate(schedule):
@@ -336,6 +342,7 @@ async def run_step(
             {"type": "send", "room": "general", "text": text, "client_id": f"b{index}-{g}"}
         )
     await sampler
+    profile = await profiler if profiler is not None else None
 
     # Drain: wait for every expected delivery, or until progress stalls.
     live = [c for c in clients if not c.closed.done()]
@@ -421,6 +428,7 @@ async def run_step(
         "server_runqueue_wait_share": server_wait,
         "generator_runqueue_wait_share": generator_wait,
         "contended": server_wait > CONTENDED or generator_wait > CONTENDED,
+        "profile": profile,
     }
     result["ok"] = bool(
         lost == 0
@@ -431,6 +439,55 @@ async def run_step(
         and p99 <= P99_BOUND_S
     )
     return result
+
+
+async def profile_worker(
+    server: ChatServer, step: Step, directory: Path, index: int
+) -> dict[str, Any]:
+    """py-spy on the busiest worker for the step's measured window: the top of the profile."""
+    await asyncio.sleep(max(0.0, step.window_start - time.monotonic()))
+    pids = server.worker_pids()
+    worker = max(pids, key=lambda pid: proc.cpu_seconds([pid]))
+    directory.mkdir(parents=True, exist_ok=True)
+    output = directory / f"profile-{time.strftime('%Y%m%d-%H%M%S')}-S{step.senders}.txt"
+    seconds = max(1, int(step.window_end - time.monotonic()))
+    beside_python = Path(sys.executable).parent / "py-spy"
+    binary = str(beside_python) if beside_python.exists() else "py-spy"
+    spy = await asyncio.create_subprocess_exec(
+        binary, "record", "--pid", str(worker), "--duration", str(seconds), "--rate", "250",
+        "--nonblocking", "--format", "raw", "--output", str(output),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await spy.wait()
+    return {"file": str(output), **top_of_profile(output)}
+
+
+def top_of_profile(path: Path, count: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(samples)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return {"samples": 0}
+
+    def shares(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(frame, n / total) for frame, n in counter.most_common(count)]
+
+    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive)}
+
+
+def blame_elsewhere(step: dict[str, Any]) -> bool:
+    """Only latency failed, and the machine or the generator may be why: worth a retry."""
+    delivered_all = step["lost"] == 0 and step["closed_clients"] == 0 and step["errors"] == 0
+    return delivered_all and (step["contended"] or step["generator_limited"])
 
 
 async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[str, Any]:
@@ -454,17 +511,25 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
         print(TABLE_HEADER, flush=True)
         assert env.redis.process is not None
         steps: list[dict[str, Any]] = []
-        for index, senders in enumerate(args.steps):
+        attempt = 0
+        for senders in args.steps:
             if senders > args.clients:
                 break
-            result = await run_step(
-                hub, clients, server, env.redis.process.pid, index, senders, args
-            )
-            steps.append(result)
-            print(table_row(result), flush=True)
+            for retry in range(args.retries + 1):
+                result = await run_step(
+                    hub, clients, server, env.redis.process.pid, attempt, senders, args
+                )
+                attempt += 1
+                result["attempt"] = retry + 1
+                steps.append(result)
+                print(table_row(result), flush=True)
+                if result["profile"]:
+                    print(profile_text(result["profile"]), flush=True)
+                await asyncio.sleep(args.pause)
+                if result["ok"] or not blame_elsewhere(result):
+                    break
             if not result["ok"]:
                 break
-            await asyncio.sleep(args.pause)
         for client in clients:
             client.close()
         passing = [s for s in steps if s["ok"]]
@@ -590,6 +655,8 @@ def table_row(step: dict[str, Any]) -> str:
         verdict += " generator-limited"
     if step["contended"]:
         verdict += " contended"
+    if step.get("attempt", 1) > 1:
+        verdict += f" (attempt {step['attempt']})"
     return (
         f"{step['senders']:>4} {step['offered_deliveries_per_s']:>9.0f} "
         f"{step['achieved_deliveries_per_s']:>10.0f} {latency['p50']:>7.1f} "
@@ -598,6 +665,16 @@ def table_row(step: dict[str, Any]) -> str:
         f"{step['errors'] + step['closed_clients']:>4} {step['server_cpu_share']:>6.0%} "
         f"{step['server_cpu_ms_per_1000']:>6.1f} {step['generator_cpu_share']:>6.0%}  {verdict}"
     )
+
+
+def profile_text(profile: dict[str, Any], count: int = 15) -> str:
+    if not profile.get("samples"):
+        return "profile: no samples"
+    lines = [f"profile ({profile['samples']} samples, {profile['file']}); self time:"]
+    lines += [f"  {share:6.1%}  {frame}" for frame, share in profile["self"][:count]]
+    lines.append("inclusive:")
+    lines += [f"  {share:6.1%}  {frame}" for frame, share in profile["inclusive"][:count]]
+    return "\n".join(lines)
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -666,6 +743,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", "-R", type=float, default=1.0, help="messages/s per sender")
     parser.add_argument("--duration", "-D", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="repeat a step that failed only on latency while contended or generator-limited",
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
     parser.add_argument("--stall", type=float, default=5.0, help="drain gives up after this")
     parser.add_argument("--size", type=int, default=100, help="message text length")
@@ -679,6 +762,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=["throughput", "memory"], help="run one phase (default both)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the busiest worker during each step's window; stacks go to DIR",
+    )
     parser.add_argument("--json", type=Path, help="results file (default bench/results/...)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
     parser.add_argument(
@@ -687,7 +776,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.clients, args.steps, args.rate = 20, "2", 5.0
-        args.duration, args.warmup, args.pause = 2.0, 1.0, 0.0
+        args.duration, args.warmup, args.pause, args.retries = 2.0, 1.0, 0.0, 0
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
     args.steps = [int(s) for s in str(args.steps).split(",")]
     if args.no_pin:
