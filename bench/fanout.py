@@ -227,14 +227,18 @@ async def login_many(server: ChatServer, smtp: SmtpSink, count: int, tag: str) -
 # -- the load generator
 
 
-async def open_clients(hub: Hub, server: ChatServer, cookies: list[str], count: int) -> list[Any]:
+async def open_clients(
+    hub: Hub, server: ChatServer, cookies: list[str], count: int, deflate: bool
+) -> list[Any]:
     limit = asyncio.Semaphore(64)
 
     async def one(index: int) -> ChatClient:
         async with limit:
             # Round robin, so the first senders are distinct users.
             cookie = cookies[index % len(cookies)]
-            return await asyncio.wait_for(connect(hub, index, "127.0.0.1", server.port, cookie), 60)
+            return await asyncio.wait_for(
+                connect(hub, index, "127.0.0.1", server.port, cookie, deflate), 60
+            )
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -499,13 +503,16 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
         login_s = time.monotonic() - started
         hub = Hub()
         started = time.monotonic()
-        clients = await open_clients(hub, server, cookies, args.clients)
+        clients = await open_clients(hub, server, cookies, args.clients, args.deflate)
+        negotiated = sum(1 for c in clients if c.inflater is not None)
         connect_s = time.monotonic() - started
         probe_s = await probe(hub, clients)
         print(
             f"throughput: {args.clients} clients on {sessions} sessions "
             f"({args.clients_per_session} clients per login; logins {login_s:.1f}s, "
-            f"connects {connect_s:.1f}s, first fan-out {probe_s * 1000:.0f} ms)",
+            f"connects {connect_s:.1f}s, first fan-out {probe_s * 1000:.0f} ms; "
+            f"permessage-deflate {'offered' if args.deflate else 'not offered'}, "
+            f"negotiated by {negotiated})",
             flush=True,
         )
         print(TABLE_HEADER, flush=True)
@@ -528,7 +535,7 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
                 await asyncio.sleep(args.pause)
                 if result["ok"] or not blame_elsewhere(result):
                     break
-            if not result["ok"]:
+            if not result["ok"] and not args.keep_going:
                 break
         for client in clients:
             client.close()
@@ -537,6 +544,8 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
         return {
             "sessions": sessions,
             "clients_per_session": args.clients_per_session,
+            "deflate_offered": args.deflate,
+            "deflate_negotiated": negotiated,
             "login_s": login_s,
             "connect_s": connect_s,
             "steps": steps,
@@ -749,9 +758,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="repeat a step that failed only on latency while contended or generator-limited",
     )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="run every step even after one failed (A/B)"
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
     parser.add_argument("--stall", type=float, default=5.0, help="drain gives up after this")
     parser.add_argument("--size", type=int, default=100, help="message text length")
+    parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="load clients offer permessage-deflate, as browsers do (memory phase does both)",
+    )
     parser.add_argument("--workers", "-W", type=int, default=1)
     parser.add_argument("--clients-per-session", type=int, default=10, help="clients per login")
     parser.add_argument("--idle-connections", type=int, default=2000)

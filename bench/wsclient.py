@@ -14,6 +14,7 @@ import base64
 import hashlib
 import random
 import time
+import zlib
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -101,8 +102,16 @@ class Hub:
 
 
 class ChatClient(asyncio.Protocol):
-    def __init__(self, hub: Hub, index: int, host: str, port: int, cookie: str) -> None:
+    def __init__(
+        self, hub: Hub, index: int, host: str, port: int, cookie: str, deflate: bool = False
+    ) -> None:
         self.hub = hub
+        self.deflate = deflate
+        # Set when the server accepted permessage-deflate (RFC 7692); it then
+        # compresses every message it sends, and we inflate them here.
+        self.inflater: Any = None
+        self.fresh_inflater_per_message = False
+        self.fragments_compressed = False
         self.index = index
         self.host = host
         self.port = port
@@ -129,8 +138,11 @@ class ChatClient(asyncio.Protocol):
             f"GET /ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {self.key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Origin: {origin}\r\nCookie: {self.cookie}\r\n\r\n"
+            f"Origin: {origin}\r\nCookie: {self.cookie}\r\n"
         )
+        if self.deflate:
+            request += "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        request += "\r\n"
         transport.write(request.encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,11 +181,12 @@ class ChatClient(asyncio.Protocol):
                 break
             payload = buffer[pos + header : end]
             pos = end
-            opcode = first & 0x0F
-            if first & 0x80 and opcode == OP_TEXT:
+            if first == 0x81:  # FIN, text, uncompressed: the hot path
                 self._on_text(payload, now)
+            elif first == 0xC1:  # FIN, RSV1 (compressed), text
+                self._on_text(self._inflate(payload), now)
             else:
-                self._on_other(first, opcode, payload, now)
+                self._on_other(first, first & 0x0F, payload, now)
         self.buffer = buffer[pos:]
 
     # -- frames
@@ -189,8 +202,20 @@ class ChatClient(asyncio.Protocol):
         accept = base64.b64encode(hashlib.sha1(self.key + WS_GUID).digest())
         if b"sec-websocket-accept: " + accept.lower() not in head.lower():
             self.hub.protocol_errors["bad_accept"] += 1
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"sec-websocket-extensions:") and b"permessage-deflate" in line:
+                self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                self.fresh_inflater_per_message = b"server_no_context_takeover" in line
         self.handshaking = False
         self.opened.set_result(None)
+
+    def _inflate(self, payload: bytes) -> bytes:
+        if self.inflater is None:
+            self.hub.protocol_errors["compressed_without_deflate"] += 1
+            return payload
+        if self.fresh_inflater_per_message:
+            self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        return bytes(self.inflater.decompress(payload + b"\x00\x00\xff\xff"))
 
     def _on_other(self, first: int, opcode: int, payload: bytes, now: float) -> None:
         if opcode == OP_PING:
@@ -204,10 +229,12 @@ class ChatClient(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
         elif opcode in (OP_TEXT, OP_CONTINUATION):
+            if opcode == OP_TEXT:
+                self.fragments_compressed = bool(first & 0x40)
             self.fragments.append(payload)
             if first & 0x80:
                 whole, self.fragments = b"".join(self.fragments), []
-                self._on_text(whole, now)
+                self._on_text(self._inflate(whole) if self.fragments_compressed else whole, now)
         elif opcode != OP_PONG:
             self.hub.protocol_errors[f"opcode_{opcode}"] += 1
 
@@ -287,11 +314,13 @@ class ChatClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(hub: Hub, index: int, host: str, port: int, cookie: str) -> ChatClient:
+async def connect(
+    hub: Hub, index: int, host: str, port: int, cookie: str, deflate: bool = False
+) -> ChatClient:
     """Open a socket, complete the handshake, wait for `ready`, then join `general`."""
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(
-        lambda: ChatClient(hub, index, host, port, cookie), host, port
+        lambda: ChatClient(hub, index, host, port, cookie, deflate), host, port
     )
     await client.opened
     await client.ready
