@@ -111,6 +111,17 @@ class Subscriber:
             task.cancel()
 
 
+class _Joining:
+    """A join in progress: live frames buffered while the backlog is read, then the
+    backlog's last id, below which late-arriving live frames are dropped."""
+
+    __slots__ = ("buffer", "floor")
+
+    def __init__(self) -> None:
+        self.buffer: list[tuple[str, str]] | None = []
+        self.floor: tuple[int, int] | None = None
+
+
 class Broker:
     """The worker's subscribers, indexed by room and session, fed by one pub/sub listener."""
 
@@ -121,8 +132,8 @@ class Broker:
         self._subscribers: set[Subscriber] = set()
         self._sessions: dict[str, set[Subscriber]] = {}
         self._rooms: dict[str, set[Subscriber]] = {}
-        # Subscribers reading a room's backlog: live frames wait here meanwhile.
-        self._joining: dict[str, dict[Subscriber, list[tuple[str, str]]]] = {}
+        # Subscribers between `begin_join` and their first live frame newer than the backlog.
+        self._joining: dict[str, dict[Subscriber, _Joining]] = {}
         self._subscribed = asyncio.Event()
         self._backoff = BACKOFF_FIRST_SECONDS
 
@@ -157,22 +168,29 @@ class Broker:
     def begin_join(self, subscriber: Subscriber, room: str) -> None:
         """Buffer the room's live frames for this subscriber; call before reading the backlog."""
         self._leave_live(subscriber, room)
-        self._joining.setdefault(room, {})[subscriber] = []
+        self._joining.setdefault(room, {})[subscriber] = _Joining()
 
     def finish_join(self, subscriber: Subscriber, room: str, last_id: str | None) -> None:
         """Deliver buffered frames newer than the backlog's last id, then go live.
 
-        No await happens here, so no frame can slip between the flush and going live.
+        A frame the backlog already held may still be on its way from Redis
+        (it was published before the backlog was read, but not yet received),
+        so until the first newer frame arrives, live frames are filtered too.
+        Pub/sub order is stream order, so after that first one none can be old.
         """
-        buffered = self._joining.get(room, {}).pop(subscriber, None)
-        self._drop_empty_joining(room)
-        if buffered is None:
+        state = self._joining.get(room, {}).get(subscriber)
+        if state is None or state.buffer is None:
             return  # closed meanwhile
-        newest = stream_id_key(last_id) if last_id is not None else None
-        for message_id, frame in buffered:
-            if newest is None or stream_id_key(message_id) > newest:
-                subscriber.deliver(frame)
-        self._rooms.setdefault(room, set()).add(subscriber)
+        buffered, state.buffer = state.buffer, None
+        if last_id is None:
+            newer = [frame for _, frame in buffered]
+        else:
+            state.floor = stream_id_key(last_id)
+            newer = [frame for i, frame in buffered if stream_id_key(i) > state.floor]
+        for frame in newer:
+            subscriber.deliver(frame)
+        if newer or last_id is None:
+            self._go_live(subscriber, room)
 
     def abandon_join(self, subscriber: Subscriber, room: str) -> None:
         self._leave_joining(subscriber, room)
@@ -183,6 +201,10 @@ class Broker:
     def close_session(self, session_id: str, code: int = CLOSE_LOGGED_OUT) -> None:
         for subscriber in list(self._sessions.get(session_id, ())):
             subscriber.close(code)
+
+    def _go_live(self, subscriber: Subscriber, room: str) -> None:
+        self._leave_joining(subscriber, room)
+        self._rooms.setdefault(room, set()).add(subscriber)
 
     def _leave_live(self, subscriber: Subscriber, room: str) -> None:
         members = self._rooms.get(room)
@@ -207,11 +229,18 @@ class Broker:
             subscriber.deliver(frame)
         joining = self._joining.get(room)
         if joining:
-            for subscriber, buffered in joining.items():
-                if len(buffered) >= OUTBOX_FRAMES:
-                    subscriber.close(CLOSE_TRY_AGAIN_LATER)
-                else:
-                    buffered.append((message_id, frame))
+            caught_up = []
+            for subscriber, state in joining.items():
+                if state.buffer is not None:
+                    if len(state.buffer) >= OUTBOX_FRAMES:
+                        subscriber.close(CLOSE_TRY_AGAIN_LATER)
+                    else:
+                        state.buffer.append((message_id, frame))
+                elif state.floor is None or stream_id_key(message_id) > state.floor:
+                    subscriber.deliver(frame)
+                    caught_up.append(subscriber)
+            for subscriber in caught_up:
+                self._go_live(subscriber, room)
 
     def _fan_out_all(self, frame: str) -> None:
         for subscriber in self._subscribers:
