@@ -59,7 +59,9 @@ _SYNC = (
 local me = ARGV[1]
 local mine = 'presence:worker:' .. me
 local now = now_ms()
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), me)
+local ttl = tonumber(ARGV[2])
+-- Live while this runs even when withdrawing (ttl 0), so its users' totals drop to 0 here.
+redis.call('ZADD', KEYS[1], now + math.max(ttl, 1000), me)
 
 local function announce(user, status)
   local public = redis.call('HGET', KEYS[2], user)
@@ -95,6 +97,11 @@ if ARGV[3] == '1' then
   for _, user in ipairs(redis.call('HKEYS', mine)) do
     if not given[user] then set_count(user, 0) end
   end
+end
+
+if ttl == 0 then
+  redis.call('ZREM', KEYS[1], me)
+  redis.call('DEL', mine)
 end
 
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
