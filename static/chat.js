@@ -309,6 +309,7 @@ function renderOnline() {
 
 function setConnection(kind, text) {
   connection.dataset.state = kind;
+  root.dataset.connection = kind; // the online list is stale while disconnected
   connectionText.textContent = text;
   reconnectNow.hidden = !(kind === "reconnecting" || kind === "offline");
 }
