@@ -9,7 +9,7 @@ from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
 from .base import ChatApp
-from .blueprints import ops
+from .blueprints import auth, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .errors import register_error_handlers
 from .mail import make_mailer
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     app.mailer = make_mailer(settings)
 
     app.register_blueprint(ops.blueprint)
+    app.register_blueprint(auth.blueprint)
     register_error_handlers(app)
     app.after_request(add_security_headers)
 

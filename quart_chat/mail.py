@@ -89,3 +89,13 @@ def make_mailer(settings: Settings) -> Mailer:
     if settings.smtp_host:
         return SmtpMailer(settings)
     return ConsoleMailer()
+
+
+async def deliver_code(mailer: Mailer, to: str, code: str, ttl_seconds: int) -> None:
+    """Send a code from a background task: a failure is logged with its reason, never raised,
+    because the person who asked already has their (identical) answer."""
+    try:
+        await mailer.send_code(to, code, ttl_seconds)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+        reason = str(error) or "no answer within CHAT_SMTP_TIMEOUT_SECONDS"
+        log.error("could not send the login code to %s: %s: %s", to, type(error).__name__, reason)

@@ -7,6 +7,7 @@ The origin check guards state-changing POSTs (CSRF) and the WebSocket handshake
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from quart import Response
 
@@ -62,3 +63,19 @@ def is_allowed_origin(
         return True
     origin = origin.lower()
     return origin == own_origin(scheme, host) or origin in extra_origins
+
+
+def safe_redirect_target(target: str | None, default: str = "/") -> str:
+    """`target` if it is a path on this site, else `default`: never an open redirect.
+
+    Browsers read `\\` as `/` and drop tabs and newlines, so `/\\evil.example`
+    or `/<TAB>/evil.example` would leave the site; such targets are refused.
+    """
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return default
+    if "\\" in target or any(ord(char) < 0x20 or ord(char) == 0x7F for char in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target

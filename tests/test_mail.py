@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from quart_chat.mail import SmtpMailer
+import pytest
+
+from quart_chat.config import Settings
+from quart_chat.mail import SmtpMailer, deliver_code
 
 from .conftest import make_settings
+from .servers import free_port
 from .smtp import SmtpSink, code_in
 
 
@@ -28,3 +35,101 @@ async def test_smtp_mailer_delivers_plain_and_html(smtp: SmtpSink, tmp_path: Pat
     html = message.get_body(preferencelist=("html",))
     assert plain is not None and "expires in 10 minutes" in plain.get_content()
     assert html is not None and "<strong>123456</strong>" in html.get_content()
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1, made with the openssl command line."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def starttls_smtp(self_signed: tuple[Path, Path]) -> Iterator[SmtpSink]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(*self_signed)
+    sink = SmtpSink(tls_context=server_context).start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+def mailer_settings(sink: SmtpSink, tmp_path: Path, security: str) -> Settings:
+    env = sink.env()
+    return make_settings(
+        "redis://127.0.0.1:1/0",
+        tmp_path,
+        smtp_host=env["CHAT_SMTP_HOST"],
+        smtp_port=int(env["CHAT_SMTP_PORT"]),
+        smtp_security=security,
+        smtp_from=env["CHAT_SMTP_FROM"],
+        smtp_timeout_seconds=10,
+    )
+
+
+async def test_starttls_delivers(starttls_smtp: SmtpSink, tmp_path: Path) -> None:
+    # Only this test trusts any certificate; the mailer's default context verifies.
+    client_context = ssl.create_default_context()
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    settings = mailer_settings(starttls_smtp, tmp_path, "starttls")
+    await SmtpMailer(settings, tls_context=client_context).send_code(
+        "ada@example.com", "654321", 600
+    )
+    assert code_in(starttls_smtp.wait_for_message("ada@example.com")) == "654321"
+
+
+async def test_starttls_verifies_the_certificate_by_default(
+    starttls_smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = mailer_settings(starttls_smtp, tmp_path, "starttls")
+    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
+    assert "could not send the login code to ada@example.com" in caplog.text
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    assert starttls_smtp.messages == []
+
+
+async def test_plain_mailer_refused_by_a_server_that_requires_starttls(
+    starttls_smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = mailer_settings(starttls_smtp, tmp_path, "none")
+    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
+    assert "could not send the login code to ada@example.com" in caplog.text
+    assert "STARTTLS" in caplog.text
+    assert starttls_smtp.messages == []
+
+
+async def test_starttls_is_required_not_opportunistic(
+    smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server that does not offer STARTTLS must not get the code in plain text.
+    settings = mailer_settings(smtp, tmp_path, "starttls")
+    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
+    assert "could not send the login code to ada@example.com" in caplog.text
+    assert smtp.messages == []
+
+
+async def test_smtp_down_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        "redis://127.0.0.1:1/0",
+        tmp_path,
+        smtp_host="127.0.0.1",
+        smtp_port=free_port(),
+        smtp_security="none",
+        smtp_from="chat@example.test",
+    )
+    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
+    assert "could not send the login code to ada@example.com: SMTPConnectError" in caplog.text

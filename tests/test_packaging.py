@@ -12,7 +12,7 @@ from .servers import ChatServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_install_serves_static_files(tmp_path: Path, redis_url: str) -> None:
+def test_wheel_install_serves_pages_and_static_files(tmp_path: Path, redis_url: str) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
@@ -44,5 +44,12 @@ def test_wheel_install_serves_static_files(tmp_path: Path, redis_url: str) -> No
         with urllib.request.urlopen(server.base_url + "/static/favicon.svg", timeout=5) as reply:
             assert reply.status == 200
             assert reply.read() == (ROOT / "static" / "favicon.svg").read_bytes()
+        # The login page proves the templates ship and render from the installed package.
+        with urllib.request.urlopen(server.base_url + "/login", timeout=5) as reply:
+            assert reply.status == 200
+            page = reply.read().decode()
+            assert 'id="email"' in page and "/static/login.js" in page
+        with urllib.request.urlopen(server.base_url + "/static/login.js", timeout=5) as reply:
+            assert reply.read() == (ROOT / "static" / "login.js").read_bytes()
     finally:
         assert server.stop() == 0

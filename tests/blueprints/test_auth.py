@@ -1,0 +1,624 @@
+"""Login by emailed code, sessions and logout, over HTTP, with the code read from real mail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart.testing import QuartClient
+from quart_auth import current_user, login_required
+from redis.asyncio import Redis
+
+from quart_chat.app import create_app
+from quart_chat.base import ChatApp
+from quart_chat.config import Settings
+from quart_chat.sessions import SESSION_REVOKED_CHANNEL, SessionUser
+
+from ..conftest import make_settings
+from ..smtp import SmtpSink
+
+EMAIL = "ada@example.com"
+SENT = {"status": "sent", "resend_after": 60}
+COOKIE = "QUART_AUTH"
+
+StartApp = Callable[..., Awaitable[tuple[ChatApp, QuartClient]]]
+
+
+def smtp_settings(smtp: SmtpSink) -> dict[str, Any]:
+    env = smtp.env()
+    return {
+        "smtp_host": env["CHAT_SMTP_HOST"],
+        "smtp_port": int(env["CHAT_SMTP_PORT"]),
+        "smtp_security": "none",
+        "smtp_from": env["CHAT_SMTP_FROM"],
+    }
+
+
+def build_app(settings: Settings) -> ChatApp:
+    """The real app plus one page behind `login_required`, standing in for the chat page."""
+    app = create_app(settings)
+
+    @app.get("/whoami")
+    @login_required
+    async def whoami() -> dict[str, str]:
+        user = await current_user.load()  # type: ignore[attr-defined]
+        assert user is not None
+        return user.public()  # type: ignore[no-any-return]
+
+    return app
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path, smtp: SmtpSink) -> Settings:
+    return make_settings(redis_url, tmp_path / "var", **smtp_settings(smtp))
+
+
+@pytest.fixture
+async def app(settings: Settings, redis: Redis) -> AsyncIterator[ChatApp]:
+    app = build_app(settings)
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+async def start_app(
+    redis: Redis, redis_url: str, tmp_path: Path, smtp: SmtpSink
+) -> AsyncIterator[StartApp]:
+    """Start an app with some settings changed; `model_copy` skips validation on purpose."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**changes: Any) -> tuple[ChatApp, QuartClient]:
+            base = make_settings(redis_url, tmp_path / "var", **smtp_settings(smtp))
+            app = build_app(base.model_copy(update=changes))
+            await stack.enter_async_context(app.test_app())
+            return app, app.test_client()
+
+        yield start
+
+
+async def drain(app: ChatApp) -> None:
+    """Wait until every mail the app queued has been handed to the SMTP server (or failed)."""
+    await asyncio.gather(*list(app.background_tasks))
+
+
+async def read_code(smtp: SmtpSink, email: str = EMAIL, count: int = 1) -> str:
+    return await asyncio.to_thread(smtp.wait_for_code, email, count)
+
+
+async def request_code(client: QuartClient, email: str = EMAIL, **kwargs: Any) -> Any:
+    return await client.post("/login/code", json={"email": email}, **kwargs)
+
+
+async def log_in(client: QuartClient, smtp: SmtpSink, email: str = EMAIL) -> Any:
+    assert (await request_code(client, email)).status_code == 202
+    code = await read_code(smtp, email)
+    response = await client.post("/login", json={"email": email, "code": code})
+    assert response.status_code == 200, await response.get_data()
+    return response
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def cookie_value(response: Any) -> str:
+    match = re.search(rf"{COOKIE}=([^;]+)", response.headers["Set-Cookie"])
+    assert match
+    return match.group(1)
+
+
+# --- the page ---------------------------------------------------------------
+
+
+async def test_login_page_has_both_steps_and_no_inline_script(client: QuartClient) -> None:
+    response = await client.get("/login")
+    assert response.status_code == 200
+    page = await response.get_data(as_text=True)
+    for marker in [
+        'id="email"',
+        "Send code",
+        'id="code"',
+        "Log in",
+        'autocomplete="one-time-code"',
+    ]:
+        assert marker in page
+    assert '<script type="module" src="/static/login.js"></script>' in page
+    assert re.search(r"<script(?![^>]*\bsrc=)", page) is None
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert 'id="insecure-cookie"' not in page
+    for asset in ("/static/login.js", "/static/login.css"):
+        assert (await client.get(asset)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "secure", "warned"),
+    [
+        ("chat.example.com", "http", True, True),
+        ("chat.example.com:8080", "http", True, True),
+        ("chat.example.com", "https", True, False),
+        ("chat.example.com", "http", False, False),
+        ("localhost:9990", "http", True, False),
+        ("127.0.0.1:9990", "http", True, False),
+        ("[::1]:9990", "http", True, False),
+    ],
+)
+async def test_login_page_says_when_secure_cookies_cannot_work(
+    start_app: StartApp, host: str, scheme: str, secure: bool, warned: bool
+) -> None:
+    _, client = await start_app(cookie_secure=secure)
+    response = await client.get("/login", headers={"Host": host}, scheme=scheme)
+    page = await response.get_data(as_text=True)
+    assert ('id="insecure-cookie"' in page) is warned
+    assert ("CHAT_COOKIE_SECURE=false" in page) is warned
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("/rooms/general?x=1", "/rooms/general?x=1"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("javascript:alert(1)", "/"),
+        ("", "/"),
+    ],
+)
+async def test_login_page_keeps_only_same_site_next(
+    client: QuartClient, given: str, kept: str
+) -> None:
+    response = await client.get("/login", query_string={"next": given})
+    page = await response.get_data(as_text=True)
+    assert re.search(r'name="next" value="([^"]*)"', page).group(1) == kept.replace("&", "&amp;")  # type: ignore[union-attr]
+
+
+# --- the happy path ---------------------------------------------------------
+
+
+async def test_login_end_to_end(client: QuartClient, smtp: SmtpSink) -> None:
+    assert (await client.get("/whoami")).status_code == 401
+    response = await request_code(client, "Ada@Example.com")
+    assert response.status_code == 202
+    assert await response.get_json() == SENT
+
+    message = await asyncio.to_thread(smtp.wait_for_message, EMAIL)
+    assert "quart-chat" in str(message["Subject"])
+    code = await read_code(smtp)
+    response = await client.post("/login", json={"email": "ada@example.com", "code": code})
+    assert response.status_code == 200
+    assert await response.get_json() == {"status": "ok", "redirect": "/"}
+
+    whoami = await client.get("/whoami")
+    assert whoami.status_code == 200
+    assert (await whoami.get_json())["name"] == "ada"
+    page = await (await client.get("/login")).get_data(as_text=True)
+    assert "You are logged in as <strong>ada</strong>" in page
+
+
+async def test_login_with_form_posts(client: QuartClient, smtp: SmtpSink) -> None:
+    response = await client.post("/login/code", form={"email": EMAIL})
+    assert response.status_code == 202
+    assert await response.get_json() == SENT
+    code = await read_code(smtp)
+    response = await client.post(
+        "/login", form={"email": EMAIL, "code": code, "next": "/rooms/ops"}
+    )
+    assert await response.get_json() == {"status": "ok", "redirect": "/rooms/ops"}
+    assert (await client.get("/whoami")).status_code == 200
+
+
+async def test_login_ignores_an_offsite_next(client: QuartClient, smtp: SmtpSink) -> None:
+    await request_code(client)
+    code = await read_code(smtp)
+    response = await client.post(
+        "/login", json={"email": EMAIL, "code": code, "next": "https://evil.example/"}
+    )
+    assert await response.get_json() == {"status": "ok", "redirect": "/"}
+
+
+async def test_session_cookie_flags(client: QuartClient, smtp: SmtpSink) -> None:
+    response = await log_in(client, smtp)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Max-Age=2592000" in cookie  # CHAT_SESSION_DAYS=30
+    assert "Secure" not in cookie
+
+
+async def test_secure_cookie_over_https(start_app: StartApp, smtp: SmtpSink) -> None:
+    _, client = await start_app(cookie_secure=True, session_days=2)
+    await client.post("/login/code", json={"email": EMAIL}, scheme="https")
+    code = await read_code(smtp)
+    response = await client.post("/login", json={"email": EMAIL, "code": code}, scheme="https")
+    assert response.status_code == 200
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Max-Age=172800" in cookie
+
+
+async def test_cookie_is_an_opaque_session_id(
+    client: QuartClient, smtp: SmtpSink, redis: Redis
+) -> None:
+    response = await log_in(client, smtp)
+    assert EMAIL not in cookie_value(response)
+    sessions = await redis.keys("session:*")
+    assert len(sessions) == 1
+    session_id = sessions[0].decode().removeprefix("session:")
+    assert len(session_id) >= 22  # >= 128 bits of urlsafe base64
+    assert 29 * 86400 < await redis.ttl(sessions[0]) <= 30 * 86400
+
+
+# --- wrong, expired, used, replaced codes -----------------------------------
+
+
+async def test_wrong_code(client: QuartClient, smtp: SmtpSink) -> None:
+    await request_code(client)
+    code = await read_code(smtp)
+    for attempt in (wrong(code), "12345", "abcdef", "1234567", ""):
+        response = await client.post("/login", json={"email": EMAIL, "code": attempt})
+        assert response.status_code == 400
+        assert await response.get_json() == {"error": "invalid_code"}
+    response = await client.post("/login", json={"email": EMAIL, "code": 123456})
+    assert await response.get_json() == {"error": "invalid_code"}
+    assert (await client.get("/whoami")).status_code == 401
+
+
+async def test_code_for_an_unknown_address(client: QuartClient) -> None:
+    response = await client.post("/login", json={"email": "nobody@example.com", "code": "123456"})
+    assert response.status_code == 400
+    assert await response.get_json() == {"error": "invalid_code"}
+
+
+async def test_expired_code(start_app: StartApp, smtp: SmtpSink) -> None:
+    _, client = await start_app(code_ttl_seconds=1)
+    await request_code(client)
+    code = await read_code(smtp)
+    await asyncio.sleep(2.1)
+    response = await client.post("/login", json={"email": EMAIL, "code": code})
+    assert response.status_code == 400
+    assert await response.get_json() == {"error": "invalid_code"}
+
+
+async def test_code_burned_after_max_attempts(start_app: StartApp, smtp: SmtpSink) -> None:
+    _, client = await start_app(code_max_attempts=3)
+    await request_code(client)
+    code = await read_code(smtp)
+    for _ in range(3):
+        response = await client.post("/login", json={"email": EMAIL, "code": wrong(code)})
+        assert response.status_code == 400
+    response = await client.post("/login", json={"email": EMAIL, "code": code})
+    assert response.status_code == 400
+    assert await response.get_json() == {"error": "invalid_code"}
+
+
+async def test_used_code_cannot_be_replayed(app: ChatApp, smtp: SmtpSink) -> None:
+    first = app.test_client()
+    await request_code(first)
+    code = await read_code(smtp)
+    assert (await first.post("/login", json={"email": EMAIL, "code": code})).status_code == 200
+    replay = await app.test_client().post("/login", json={"email": EMAIL, "code": code})
+    assert replay.status_code == 400
+    assert await replay.get_json() == {"error": "invalid_code"}
+
+
+async def test_old_code_fails_after_resend(start_app: StartApp, smtp: SmtpSink) -> None:
+    _, client = await start_app(code_resend_seconds=0)
+    await request_code(client)
+    old = await read_code(smtp, count=1)
+    await request_code(client)
+    new = await read_code(smtp, count=2)
+    if old != new:  # one in a million they coincide
+        response = await client.post("/login", json={"email": EMAIL, "code": old})
+        assert response.status_code == 400
+    assert (await client.post("/login", json={"email": EMAIL, "code": new})).status_code == 200
+
+
+async def test_concurrent_double_use(app: ChatApp, smtp: SmtpSink) -> None:
+    await request_code(app.test_client())
+    code = await read_code(smtp)
+    clients = [app.test_client() for _ in range(4)]
+    responses = await asyncio.gather(
+        *(c.post("/login", json={"email": EMAIL, "code": code}) for c in clients)
+    )
+    assert sorted(r.status_code for r in responses) == [200, 400, 400, 400]
+    logged_in = [(await c.get("/whoami")).status_code for c in clients]
+    assert sorted(logged_in) == [200, 401, 401, 401]
+
+
+async def test_address_locked_after_daily_failures(
+    start_app: StartApp, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    app, client = await start_app(
+        code_failures_per_email_day=4, code_max_attempts=3, code_resend_seconds=0
+    )
+    await request_code(client)
+    code = await read_code(smtp)
+    for _ in range(3):  # burns the first code
+        await client.post("/login", json={"email": EMAIL, "code": wrong(code)})
+    await request_code(client)
+    code = await read_code(smtp, count=2)
+    await client.post("/login", json={"email": EMAIL, "code": wrong(code)})
+    assert "locked for 24 h" in caplog.text
+
+    response = await client.post("/login", json={"email": EMAIL, "code": code})
+    assert await response.get_json() == {"error": "invalid_code"}
+    response = await request_code(client)
+    assert response.status_code == 202
+    assert await response.get_json() == {"status": "sent", "resend_after": 0}
+    await drain(app)
+    assert len(smtp.messages_to(EMAIL)) == 2
+    assert "login code not sent to ada@example.com: the address is locked" in caplog.text
+
+
+# --- no enumeration ---------------------------------------------------------
+
+
+async def test_same_answer_for_allowed_unknown_and_repeated_addresses(
+    start_app: StartApp, smtp: SmtpSink
+) -> None:
+    app, client = await start_app(
+        allowed_emails=["ada@example.com"], allowed_email_domains=["corp.test"]
+    )
+    answers = []
+    for email in (EMAIL, "eve@example.com", EMAIL, "bob@corp.test", "mallory@evil.test"):
+        response = await request_code(client, email)
+        answers.append(
+            (
+                response.status_code,
+                await response.get_data(),
+                sorted(k for k in response.headers if k[0] != "Date"),
+            )
+        )
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[0][0] == 202
+    await drain(app)
+    assert len(smtp.messages_to(EMAIL)) == 1  # the repeat within 60 s sent nothing
+    assert len(smtp.messages_to("bob@corp.test")) == 1
+    assert smtp.messages_to("eve@example.com") == []
+    assert smtp.messages_to("mallory@evil.test") == []
+    assert len(smtp.messages) == 2
+
+
+async def test_not_allowed_address_cannot_log_in(start_app: StartApp) -> None:
+    _, client = await start_app(allowed_email_domains=["corp.test"])
+    await request_code(client, "eve@example.com")
+    for code in ("000000", "123456"):
+        response = await client.post("/login", json={"email": "eve@example.com", "code": code})
+        assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "email", ["", "ada", "ada@example", "a da@example.com", "ada@example.com\r\nBcc: e@x.io", 42]
+)
+async def test_malformed_email(client: QuartClient, email: object) -> None:
+    response = await client.post("/login/code", json={"email": email})
+    assert response.status_code == 422
+    assert await response.get_json() == {"error": "invalid_email"}
+
+
+async def test_body_that_is_not_an_object(client: QuartClient) -> None:
+    response = await client.post("/login/code", json=["ada@example.com"])
+    assert await response.get_json() == {"error": "invalid_email"}
+
+
+# --- per-IP limits ----------------------------------------------------------
+
+
+async def test_code_requests_per_ip_limit(start_app: StartApp) -> None:
+    _, client = await start_app(code_requests_per_ip_hour=2)
+    for n in range(2):
+        assert (await request_code(client, f"user{n}@example.com")).status_code == 202
+    response = await request_code(client, "user9@example.com")
+    assert response.status_code == 429
+    body = await response.get_json()
+    assert body["error"] == "rate_limited"
+    assert 3500 < body["retry_after"] <= 3600
+    assert response.headers["Retry-After"] == str(body["retry_after"])
+
+
+async def test_login_attempts_per_ip_limit(start_app: StartApp) -> None:
+    _, client = await start_app(login_attempts_per_ip_hour=3)
+    for _ in range(3):
+        response = await client.post("/login", json={"email": EMAIL, "code": "000000"})
+        assert response.status_code == 400
+    response = await client.post("/login", json={"email": EMAIL, "code": "000000"})
+    assert response.status_code == 429
+    assert (await response.get_json())["error"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_forwarded_for_is_ignored_without_trusted_proxies(start_app: StartApp) -> None:
+    _, client = await start_app(code_requests_per_ip_hour=2, trusted_proxy_hops=0)
+    statuses = [
+        (
+            await request_code(
+                client, headers={"X-Forwarded-For": f"203.0.113.{n}", "Remote-Addr": f"10.0.0.{n}"}
+            )
+        ).status_code
+        for n in range(3)
+    ]
+    assert statuses == [202, 202, 429]
+
+
+async def test_forwarded_for_is_honoured_with_one_trusted_proxy(start_app: StartApp) -> None:
+    _, client = await start_app(code_requests_per_ip_hour=2, trusted_proxy_hops=1)
+    distinct = [
+        (await request_code(client, headers={"X-Forwarded-For": f"203.0.113.{n}"})).status_code
+        for n in range(4)
+    ]
+    assert distinct == [202, 202, 202, 202]
+    # The proxy appends the real peer last; a client-supplied first entry is not trusted.
+    same = [
+        (
+            await request_code(client, headers={"X-Forwarded-For": f"198.51.100.{n}, 203.0.113.77"})
+        ).status_code
+        for n in range(3)
+    ]
+    assert same == [202, 202, 429]
+
+
+# --- CSRF -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost.evil.example"},
+    ],
+)
+@pytest.mark.parametrize("path", ["/login/code", "/login", "/logout"])
+async def test_cross_site_posts_are_refused(
+    app: ChatApp, client: QuartClient, smtp: SmtpSink, headers: dict[str, str], path: str
+) -> None:
+    response = await client.post(path, json={"email": EMAIL, "code": "123456"}, headers=headers)
+    assert response.status_code == 403
+    assert await response.get_json() == {"error": "forbidden_origin"}
+    await drain(app)
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "https://chat.example.com", "Sec-Fetch-Site": "same-site"},
+    ],
+)
+async def test_same_site_posts_are_accepted(start_app: StartApp, headers: dict[str, str]) -> None:
+    _, client = await start_app(allowed_origins=["https://chat.example.com"])
+    assert (await request_code(client, headers=headers)).status_code == 202
+
+
+# --- sessions and logout ----------------------------------------------------
+
+
+async def test_logout_revokes_the_session_server_side(
+    app: ChatApp, client: QuartClient, smtp: SmtpSink, redis: Redis
+) -> None:
+    token = cookie_value(await log_in(client, smtp))
+    replay = app.test_client()
+    assert (await replay.get("/whoami", headers={"Cookie": f"{COOKIE}={token}"})).status_code == 200
+
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(SESSION_REVOKED_CHANNEL)
+        await pubsub.get_message(timeout=5)  # the subscribe confirmation
+        response = await client.post("/logout")
+        announced = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/login"
+    assert f"{COOKIE}=;" in response.headers["Set-Cookie"]
+    assert announced is not None and announced["type"] == "message"
+
+    assert (await client.get("/whoami")).status_code == 401
+    # The old cookie is still correctly signed, but its session is gone.
+    old = await replay.get("/whoami", headers={"Cookie": f"{COOKIE}={token}"})
+    assert old.status_code == 401
+    page = await replay.get("/login", headers={"Cookie": f"{COOKIE}={token}"})
+    assert "You are logged in" not in await page.get_data(as_text=True)
+
+
+async def test_logout_form_post_from_the_page(client: QuartClient, smtp: SmtpSink) -> None:
+    await log_in(client, smtp)
+    page = await (await client.get("/login")).get_data(as_text=True)
+    assert '<form method="post" action="/logout">' in page
+    response = await client.post(
+        "/logout", form={}, headers={"Origin": "http://localhost"}, follow_redirects=True
+    )
+    assert response.status_code == 200
+    assert "You are logged in" not in await response.get_data(as_text=True)
+
+
+async def test_logout_without_a_session_just_redirects(client: QuartClient) -> None:
+    response = await client.post("/logout")
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/login"
+
+
+async def test_logging_in_again_replaces_the_session(
+    app: ChatApp, client: QuartClient, smtp: SmtpSink, redis: Redis
+) -> None:
+    first = cookie_value(await log_in(client, smtp))
+    await redis.delete("login-code-resend:ada@example.com")
+    await request_code(client)
+    code = await read_code(smtp, count=2)
+    await client.post("/login", json={"email": EMAIL, "code": code})
+    assert (await client.get("/whoami")).status_code == 200
+    stale = await app.test_client().get("/whoami", headers={"Cookie": f"{COOKIE}={first}"})
+    assert stale.status_code == 401
+    assert len(await redis.keys("session:*")) == 1
+
+
+async def test_pages_redirect_to_login_and_apis_answer_401(client: QuartClient) -> None:
+    page = await client.get("/whoami?tab=2", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert page.status_code == 302
+    assert page.headers["Location"] == "/login?next=%2Fwhoami%3Ftab%3D2"
+    api = await client.get("/whoami", headers={"Accept": "*/*"})
+    assert api.status_code == 401
+    assert await api.get_json() == {"error": "unauthorized"}
+
+
+async def test_session_user_class_is_used(app: ChatApp) -> None:
+    async with app.test_request_context("/"):
+        assert isinstance(current_user._get_current_object(), SessionUser)  # type: ignore[attr-defined]
+
+
+# --- mail delivery never changes the answer ---------------------------------
+
+
+async def test_smtp_down_is_logged_and_answer_is_unchanged(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    app, client = await start_app(smtp_port=dead_port)
+    response = await request_code(client)
+    assert response.status_code == 202
+    assert await response.get_json() == SENT
+    await drain(app)
+    assert "could not send the login code to ada@example.com" in caplog.text
+
+
+async def test_response_does_not_wait_for_a_hung_smtp_server(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    with socket.socket() as silent:  # accepts connections, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        app, client = await start_app(smtp_port=silent.getsockname()[1], smtp_timeout_seconds=3)
+        response = await request_code(client)
+        assert response.status_code == 202
+        assert await response.get_json() == SENT
+        # The answer is out while the send is still waiting for a greeting.
+        assert any(not task.done() for task in app.background_tasks)
+        await drain(app)
+    assert "could not send the login code to ada@example.com: TimeoutError" in caplog.text
+
+
+async def test_console_mailer_logs_the_code_never_answers_it(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    app, client = await start_app(smtp_host=None, smtp_from=None)
+    response = await request_code(client)
+    body = await response.get_data()
+    await drain(app)
+    match = re.search(r"login code for ada@example.com: (\d{6})", caplog.text)
+    assert match, caplog.text
+    assert match.group(1).encode() not in body
+    login = await client.post("/login", json={"email": EMAIL, "code": match.group(1)})
+    assert login.status_code == 200
