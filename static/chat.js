@@ -45,6 +45,7 @@ const state = {
   oldestId: null, // oldest stream id shown; `history before` pages from it
   hasMore: false,
   initialHistory: false, // the next history frame answers a join without `after`
+  historyLoaded: false,
   loadingOlder: false,
   byId: new Map(), // stream id -> <li>
   pending: new Map(), // client_id -> {text, li, timer}
@@ -192,6 +193,7 @@ function receiveLive(message) {
   if (own) settle(message.client_id);
   const li = insertMessage(message);
   if (!li) return;
+  updateHistoryEdge();
   if (stick || own) scrollToBottom();
   else jumpLatest.hidden = false;
 }
@@ -210,6 +212,7 @@ function receiveHistory(frame) {
   if (older || state.initialHistory) {
     state.hasMore = Boolean(frame.has_more);
     state.initialHistory = false;
+    state.historyLoaded = true;
   }
   updateHistoryEdge();
   if (older) scroller.scrollTop = scroller.scrollHeight - fromBottom;
@@ -218,7 +221,11 @@ function receiveHistory(frame) {
 
 function updateHistoryEdge() {
   loadOlder.hidden = !state.hasMore;
-  historyStart.hidden = state.hasMore || state.oldestId === null;
+  historyStart.hidden = state.hasMore || !state.historyLoaded;
+  historyStart.textContent =
+    state.oldestId === null
+      ? "No messages in #general yet. Say hello!"
+      : "This is the beginning of #general.";
 }
 
 function requestOlder() {
