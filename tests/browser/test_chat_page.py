@@ -268,3 +268,30 @@ def test_screenshots(
     assert login.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
     login.screenshot(path=ARTIFACTS / f"login-{name}.png")
     assert browsers.errors == []
+
+
+def test_keyboard_reaches_every_control_with_visible_focus(
+    chat_server: ChatServer, browsers: Browsers
+) -> None:
+    page = browsers.person(chat_server, "ivan@example.test").page
+    page.locator("body").focus()
+    reached: dict[str, str] = {}
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        name, outline = page.evaluate(
+            """() => {
+                const el = document.activeElement;
+                const name = el.id || el.textContent.trim() || el.tagName;
+                return [name, getComputedStyle(el).outlineStyle];
+            }"""
+        )
+        reached[name] = outline
+    for control in ("Log out", "scroller", "text", "send"):
+        assert control in reached, reached
+        assert reached[control] != "none", (control, reached[control])
+    # And the composer works from the keyboard alone.
+    page.get_by_label("Message #general").focus()
+    text = unique("typed without a mouse")
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    delivered(page, text)
