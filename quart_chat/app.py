@@ -60,6 +60,11 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     register_error_handlers(app)
     app.after_request(add_security_headers)
 
+    @app.context_processor
+    async def page_settings() -> dict[str, int]:
+        # The chat page's composer counts towards the limit, which no frame carries.
+        return {"max_chars": settings.message_max_chars}
+
     @app.before_serving
     async def open_connections() -> None:
         app.redis = open_redis(redis_url)
