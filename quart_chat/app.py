@@ -9,9 +9,10 @@ from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
 from .base import ChatApp
-from .blueprints import auth, ops
+from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .errors import register_error_handlers
+from .hub import ChatHub
 from .mail import make_mailer
 from .security import add_security_headers
 from .sessions import SessionUser
@@ -55,15 +56,24 @@ def create_app(settings: Settings | None = None) -> ChatApp:
 
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(auth.blueprint)
+    app.register_blueprint(chat.blueprint)
     register_error_handlers(app)
     app.after_request(add_security_headers)
+
+    @app.context_processor
+    async def page_settings() -> dict[str, int]:
+        # The chat page's composer counts towards the limit, which no frame carries.
+        return {"max_chars": settings.message_max_chars}
 
     @app.before_serving
     async def open_connections() -> None:
         app.redis = open_redis(redis_url)
+        app.hub = ChatHub(settings, app.redis, redis_url)
+        await app.hub.start()
 
     @app.after_serving
     async def close_connections() -> None:
+        await app.hub.stop()
         await app.redis.aclose()
 
     if settings.trusted_proxy_hops:

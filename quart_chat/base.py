@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .config import Settings
+    from .hub import ChatHub
     from .mail import Mailer
 
 
@@ -18,6 +19,8 @@ class ChatApp(Quart):
     mailer: Mailer
     # Set in `before_serving`, closed in `after_serving`; never per request.
     redis: Redis
+    # The worker's pub/sub listener, presence and history, shared by its WebSockets.
+    hub: ChatHub
 
 
 def get_app() -> ChatApp:

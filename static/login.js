@@ -14,9 +14,38 @@ const ttlMinutes = Number(root.dataset.codeTtlMinutes);
 
 let resendTimer = null;
 
+// Errors appear right under the field they are about, which is marked invalid.
 function say(text, kind = "info") {
+  const form = codeForm.hidden ? emailForm : codeForm;
+  const input = form === codeForm ? codeInput : emailInput;
+  form.querySelector(".field").after(message);
   message.textContent = text;
-  message.className = kind === "error" ? "message message-error" : "message";
+  message.className = kind === "error" ? "form-message error" : "form-message";
+  input.setAttribute("aria-invalid", kind === "error" ? "true" : "false");
+}
+
+// While rate limited, the submit button says how long to wait and stays disabled.
+let waitTimer = null;
+
+function holdSubmit(form, seconds) {
+  const submit = form.querySelector("button[type=submit]");
+  const label = submit.dataset.label ?? submit.textContent;
+  submit.dataset.label = label;
+  clearInterval(waitTimer);
+  const until = Date.now() + seconds * 1000;
+  const tick = () => {
+    const left = Math.ceil((until - Date.now()) / 1000);
+    if (left <= 0) {
+      clearInterval(waitTimer);
+      submit.disabled = false;
+      submit.textContent = label;
+      return;
+    }
+    submit.disabled = true;
+    submit.textContent = `${label} (wait ${describeWait(left)})`;
+  };
+  tick();
+  waitTimer = setInterval(tick, 1000);
 }
 
 function describeWait(seconds) {
@@ -94,6 +123,7 @@ async function requestCode() {
   submit.disabled = false;
   if (!result.ok) {
     say(result.text, "error");
+    if (result.status === 429) holdSubmit(codeForm.hidden ? emailForm : codeForm, retryAfter(result));
     (codeForm.hidden ? emailInput : codeInput).focus();
     return;
   }
@@ -127,8 +157,13 @@ async function logIn() {
   }
   submit.disabled = false;
   say(result.text, "error");
+  if (result.status === 429) holdSubmit(codeForm, retryAfter(result));
   codeInput.select();
   codeInput.focus();
+}
+
+function retryAfter(result) {
+  return Number(result.body && result.body.retry_after) || 60;
 }
 
 emailForm.addEventListener("submit", (event) => {
@@ -142,6 +177,20 @@ codeForm.addEventListener("submit", (event) => {
 });
 
 resendButton.addEventListener("click", () => requestCode());
+
+// Codes arrive by mail and get pasted, often with spaces or a trailing newline:
+// keep the digits, and a complete pasted code logs in at once.
+codeInput.addEventListener("paste", (event) => {
+  const pasted = (event.clipboardData?.getData("text") ?? "").replace(/\D/g, "");
+  if (!pasted) return;
+  event.preventDefault();
+  codeInput.value = pasted.slice(0, 6);
+  if (codeInput.value.length === 6) logIn();
+});
+codeInput.addEventListener("input", () => {
+  const digits = codeInput.value.replace(/\D/g, "").slice(0, 6);
+  if (digits !== codeInput.value) codeInput.value = digits;
+});
 
 changeButton.addEventListener("click", () => {
   clearInterval(resendTimer);

@@ -133,7 +133,7 @@ async def test_login_page_has_both_steps_and_no_inline_script(client: QuartClien
     assert re.search(r"<script(?![^>]*\bsrc=)", page) is None
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert 'id="insecure-cookie"' not in page
-    for asset in ("/static/login.js", "/static/login.css"):
+    for asset in ("/static/login.js", "/static/app.css"):
         assert (await client.get(asset)).status_code == 200
 
 

@@ -1,0 +1,338 @@
+"""Per-process fan-out: one Redis pub/sub connection shared by every WebSocket of the worker.
+
+The listener reads each published frame once and hands the same `str` to every
+local subscriber with a non-blocking append to its bounded outbox, so a slow
+client costs the others nothing: when its outbox is full it is closed with
+1013 and resumes later with `join after`. When the pub/sub connection breaks,
+every local socket is closed with 1011 (they may have missed messages) and
+the listener reconnects with backoff; new sockets are refused until it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .history import ROOM_CHANNEL_PREFIX
+from .protocol import stream_id_key
+from .sessions import SESSION_REVOKED_CHANNEL, session_exists
+from .storage import as_text
+
+log = logging.getLogger(__name__)
+
+PRESENCE_CHANNEL = "chat:presence"
+
+# WebSocket close codes.
+CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_LOGGED_OUT = 4401
+
+# Frames waiting for one socket; the frames themselves are shared, so a full
+# outbox costs a few KB of pointers, not copies.
+OUTBOX_FRAMES = 512
+# How long the pub/sub connection may be silent before we PING it, and how long
+# a PING may go unanswered before the connection counts as dead. Explicit read
+# timeouts: redis-py's own socket timeout would not cover a silent dead peer.
+PUBSUB_IDLE_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 5.0
+# Expired sessions are noticed by polling; revoked ones are announced at once.
+SESSION_SWEEP_SECONDS = 30.0
+
+
+class Subscriber:
+    """One WebSocket as the broker sees it: a bounded outbox and a way to close it."""
+
+    __slots__ = ("_drained", "_frames", "_limit", "_tasks", "_waiter", "close_code", "session_id")
+
+    def __init__(self, session_id: str, limit: int = OUTBOX_FRAMES) -> None:
+        self.session_id = session_id
+        self.close_code: int | None = None
+        self._frames: deque[str] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._tasks: tuple[asyncio.Task[None], ...] = ()
+
+    def deliver(self, frame: str) -> None:
+        """Queue a frame without ever waiting; a full outbox closes the socket instead."""
+        if self.close_code is not None:
+            return
+        if len(self._frames) >= self._limit:
+            log.info("closing a WebSocket that cannot keep up (%d frames queued)", self._limit)
+            self.close(CLOSE_TRY_AGAIN_LATER)
+            return
+        self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_frame(self) -> str:
+        frames = self._frames
+        while not frames:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        drained = self._drained
+        if drained is not None and len(frames) <= self._limit // 2 and not drained.done():
+            drained.set_result(None)
+        return frames.popleft()
+
+    async def wait_half_empty(self) -> None:
+        """Pace a producer that may wait (a long backlog) so live frames still fit."""
+        while len(self._frames) > self._limit // 2 and self.close_code is None:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def attach(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        """The tasks serving this socket; `close` cancels them so they end together."""
+        self._tasks = tuple(tasks)
+        if self.close_code is not None:
+            self._cancel()
+
+    def close(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self._frames.clear()
+            self._cancel()
+
+    def _cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class _Joining:
+    """A join in progress: live frames buffered while the backlog is read, then the
+    backlog's last id, below which late-arriving live frames are dropped."""
+
+    __slots__ = ("buffer", "floor")
+
+    def __init__(self) -> None:
+        self.buffer: list[tuple[str, str]] | None = []
+        self.floor: tuple[int, int] | None = None
+
+
+class Broker:
+    """The worker's subscribers, indexed by room and session, fed by one pub/sub listener."""
+
+    def __init__(self, redis_url: str, redis: Redis) -> None:
+        self.worker_id = secrets.token_hex(6)
+        self.redis = redis
+        self._redis_url = redis_url
+        self._subscribers: set[Subscriber] = set()
+        self._sessions: dict[str, set[Subscriber]] = {}
+        self._rooms: dict[str, set[Subscriber]] = {}
+        # Subscribers between `begin_join` and their first live frame newer than the backlog.
+        self._joining: dict[str, dict[Subscriber, _Joining]] = {}
+        self._subscribed = asyncio.Event()
+        self._backoff = BACKOFF_FIRST_SECONDS
+
+    @property
+    def subscribed(self) -> bool:
+        """True while the pub/sub connection is up; only then may sockets be accepted."""
+        return self._subscribed.is_set()
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    # -- subscribers -------------------------------------------------------
+
+    def register(self, subscriber: Subscriber) -> None:
+        self._subscribers.add(subscriber)
+        self._sessions.setdefault(subscriber.session_id, set()).add(subscriber)
+        if not self.subscribed:
+            subscriber.close(CLOSE_SERVER_ERROR)
+
+    def unregister(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        same_session = self._sessions.get(subscriber.session_id)
+        if same_session is not None:
+            same_session.discard(subscriber)
+            if not same_session:
+                del self._sessions[subscriber.session_id]
+        for room in list(self._rooms):
+            self._leave_live(subscriber, room)
+        for room in list(self._joining):
+            self._leave_joining(subscriber, room)
+
+    def begin_join(self, subscriber: Subscriber, room: str) -> None:
+        """Buffer the room's live frames for this subscriber; call before reading the backlog."""
+        self._leave_live(subscriber, room)
+        self._joining.setdefault(room, {})[subscriber] = _Joining()
+
+    def finish_join(self, subscriber: Subscriber, room: str, last_id: str | None) -> None:
+        """Deliver buffered frames newer than the backlog's last id, then go live.
+
+        A frame the backlog already held may still be on its way from Redis
+        (it was published before the backlog was read, but not yet received),
+        so until the first newer frame arrives, live frames are filtered too.
+        Pub/sub order is stream order, so after that first one none can be old.
+        """
+        state = self._joining.get(room, {}).get(subscriber)
+        if state is None or state.buffer is None:
+            return  # closed meanwhile
+        buffered, state.buffer = state.buffer, None
+        if last_id is None:
+            newer = [frame for _, frame in buffered]
+        else:
+            state.floor = stream_id_key(last_id)
+            newer = [frame for i, frame in buffered if stream_id_key(i) > state.floor]
+        for frame in newer:
+            subscriber.deliver(frame)
+        if newer or last_id is None:
+            self._go_live(subscriber, room)
+
+    def abandon_join(self, subscriber: Subscriber, room: str) -> None:
+        self._leave_joining(subscriber, room)
+
+    def in_room(self, subscriber: Subscriber, room: str) -> bool:
+        return subscriber in self._rooms.get(room, ()) or subscriber in self._joining.get(room, {})
+
+    def close_session(self, session_id: str, code: int = CLOSE_LOGGED_OUT) -> None:
+        for subscriber in list(self._sessions.get(session_id, ())):
+            subscriber.close(code)
+
+    def _go_live(self, subscriber: Subscriber, room: str) -> None:
+        self._leave_joining(subscriber, room)
+        self._rooms.setdefault(room, set()).add(subscriber)
+
+    def _leave_live(self, subscriber: Subscriber, room: str) -> None:
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(subscriber)
+            if not members:
+                del self._rooms[room]
+
+    def _leave_joining(self, subscriber: Subscriber, room: str) -> None:
+        self._joining.get(room, {}).pop(subscriber, None)
+        self._drop_empty_joining(room)
+
+    def _drop_empty_joining(self, room: str) -> None:
+        if room in self._joining and not self._joining[room]:
+            del self._joining[room]
+
+    # -- fan-out -------------------------------------------------------------
+
+    def _fan_out_room(self, room: str, payload: str) -> None:
+        message_id, _, frame = payload.partition(" ")
+        for subscriber in self._rooms.get(room, ()):
+            subscriber.deliver(frame)
+        joining = self._joining.get(room)
+        if joining:
+            caught_up = []
+            for subscriber, state in joining.items():
+                if state.buffer is not None:
+                    if len(state.buffer) >= OUTBOX_FRAMES:
+                        subscriber.close(CLOSE_TRY_AGAIN_LATER)
+                    else:
+                        state.buffer.append((message_id, frame))
+                elif state.floor is None or stream_id_key(message_id) > state.floor:
+                    subscriber.deliver(frame)
+                    caught_up.append(subscriber)
+            for subscriber in caught_up:
+                self._go_live(subscriber, room)
+
+    def _fan_out_all(self, frame: str) -> None:
+        for subscriber in self._subscribers:
+            subscriber.deliver(frame)
+
+    def _dispatch(self, message: dict[str, object]) -> None:
+        kind = message["type"]
+        data = message["data"]
+        if not isinstance(data, bytes):
+            return
+        channel = as_text(message["channel"])  # type: ignore[arg-type]
+        if kind == "pmessage" and channel.startswith(ROOM_CHANNEL_PREFIX):
+            self._fan_out_room(channel.removeprefix(ROOM_CHANNEL_PREFIX), data.decode())
+        elif channel == PRESENCE_CHANNEL:
+            self._fan_out_all(data.decode())
+        elif channel == SESSION_REVOKED_CHANNEL:
+            self.close_session(data.decode())
+
+    # -- the listener ----------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Run the pub/sub listener forever, reconnecting with capped, jittered backoff."""
+        while True:
+            try:
+                await self._listen_once()
+            except (RedisError, OSError, TimeoutError) as error:
+                log.warning("Redis pub/sub connection lost (%s); reconnecting", error)
+            finally:
+                self._subscribed.clear()
+                for subscriber in list(self._subscribers):
+                    subscriber.close(CLOSE_SERVER_ERROR)
+            await asyncio.sleep(self._backoff * random.uniform(0.5, 1.5))
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
+
+    async def _listen_once(self) -> None:
+        # A dedicated connection: no command timeout (reads pass their own) and
+        # no silent reconnect-and-resubscribe, which would hide lost messages.
+        client = Redis.from_url(
+            self._redis_url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        pubsub = client.pubsub()
+        try:
+            await pubsub.psubscribe(ROOM_CHANNEL_PREFIX + "*")
+            await pubsub.subscribe(PRESENCE_CHANNEL, SESSION_REVOKED_CHANNEL)
+            await _await_confirmations(pubsub, 3)
+            self._subscribed.set()
+            self._backoff = BACKOFF_FIRST_SECONDS
+            log.info("worker %s subscribed to Redis pub/sub", self.worker_id)
+            ping_sent = False
+            while True:
+                message = await pubsub.get_message(timeout=PUBSUB_IDLE_SECONDS)
+                if message is None:
+                    if ping_sent:
+                        raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
+                    await pubsub.ping()
+                    ping_sent = True
+                    continue
+                ping_sent = False
+                self._dispatch(message)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
+
+    # -- expired sessions --------------------------------------------------------
+
+    async def sweep_sessions(self) -> None:
+        """Close the sockets of sessions that expired; revocations arrive by pub/sub instead."""
+        while True:
+            await asyncio.sleep(SESSION_SWEEP_SECONDS)
+            await self.close_expired_sessions()
+
+    async def close_expired_sessions(self) -> None:
+        session_ids = list(self._sessions)
+        try:
+            exists = await asyncio.gather(*(session_exists(self.redis, s) for s in session_ids))
+        except (RedisError, OSError) as error:
+            log.warning("could not check sessions: %s", error)
+            return
+        for session_id, alive in zip(session_ids, exists, strict=True):
+            if not alive:
+                self.close_session(session_id)
+
+
+async def _await_confirmations(pubsub: PubSub, count: int) -> None:
+    """SUBSCRIBE is only in effect once Redis confirms it; until then messages could be missed."""
+    async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+        while count:
+            message = await pubsub.get_message(timeout=CONNECT_TIMEOUT_SECONDS)
+            if message is not None and message["type"] in {"subscribe", "psubscribe"}:
+                count -= 1

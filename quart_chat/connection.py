@@ -1,0 +1,166 @@
+"""One chat WebSocket after its handshake: the `ready` frame, then two tasks that end together.
+
+The receive loop parses and serves client frames one at a time; the send loop
+drains the socket's outbox. Both run in a TaskGroup: if either fails the other
+is cancelled, a server-side close (`Subscriber.close`) cancels both, and the
+client leaving cancels the handler and with it both. Cleanup is synchronous
+and in `finally`, so it runs on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
+from .history import JOIN_LAST, Page
+from .hub import ChatHub
+from .protocol import (
+    RATE_LIMITED,
+    ROOMS,
+    UNAVAILABLE,
+    ClientFrame,
+    FrameError,
+    History,
+    Join,
+    Send,
+    Typing,
+    encode,
+    parse_frame,
+)
+from .ratelimit import hit_limit
+from .sessions import User, session_exists
+
+SEND_WINDOW_SECONDS = 60
+
+
+class ChatConnection:
+    def __init__(
+        self,
+        hub: ChatHub,
+        user: User,
+        session_id: str,
+        send: Callable[[str], Awaitable[None]],
+        receive: Callable[[], Awaitable[str | bytes]],
+    ) -> None:
+        self.hub = hub
+        self.user = user
+        self.session_id = session_id
+        self.subscriber = Subscriber(session_id)
+        self._send = send
+        self._receive = receive
+
+    async def serve(self) -> int | None:
+        """Run until the server closes the socket (returns the close code) or the client leaves."""
+        hub, subscriber = self.hub, self.subscriber
+        hub.broker.register(subscriber)
+        hub.presence.add(self.user)
+        try:
+            await self._send_ready()
+            if subscriber.close_code is None:
+                async with asyncio.TaskGroup() as group:
+                    subscriber.attach(
+                        [
+                            group.create_task(self._receive_loop()),
+                            group.create_task(self._send_loop()),
+                        ]
+                    )
+        finally:
+            hub.broker.unregister(subscriber)
+            hub.presence.remove(self.user)
+        return subscriber.close_code
+
+    async def _send_ready(self) -> None:
+        try:
+            # A logout announced between the handshake and `register` was missed.
+            if not await session_exists(self.hub.redis, self.session_id):
+                self.subscriber.close(CLOSE_LOGGED_OUT)
+                return
+            online = await self.hub.presence.online()
+        except (RedisError, OSError):
+            self.subscriber.close(CLOSE_SERVER_ERROR)
+            return
+        ready = {"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)}
+        await self._send(encode({**ready, "online": online}))
+
+    async def _send_loop(self) -> None:
+        next_frame, send = self.subscriber.next_frame, self._send
+        while True:
+            await send(await next_frame())
+
+    async def _receive_loop(self) -> None:
+        max_chars = self.hub.settings.message_max_chars
+        while True:
+            raw = await self._receive()
+            try:
+                await self._handle(parse_frame(raw, max_chars))
+            except FrameError as error:
+                self.subscriber.deliver(error.frame())
+
+    async def _handle(self, frame: ClientFrame) -> None:
+        try:
+            if isinstance(frame, Send):
+                await self._post(frame)
+            elif isinstance(frame, Join):
+                await self._join(frame)
+            elif isinstance(frame, History):
+                page = await self.hub.history.before(frame.room, frame.before, frame.limit)
+                self.subscriber.deliver(_history_frame(frame.room, page))
+            elif isinstance(frame, Typing):
+                pass  # accepted and ignored until typing indicators exist
+        except (RedisError, OSError):
+            client_id = frame.client_id if isinstance(frame, Send) else None
+            raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
+
+    async def _post(self, frame: Send) -> None:
+        hub = self.hub
+        retry_after = await hit_limit(
+            hub.redis,
+            f"ratelimit:send:{self.user.id}",
+            hub.settings.messages_per_minute,
+            SEND_WINDOW_SECONDS,
+        )
+        if retry_after is not None:
+            raise FrameError(
+                RATE_LIMITED, "too many messages", frame.client_id, retry_after=retry_after
+            )
+        posted = await hub.history.post(frame.room, self.user, frame.text, frame.client_id)
+        # A new message reaches its sender through the room like everyone else's;
+        # a retry, or a sender outside the room, gets the echo directly.
+        if not posted.created or not hub.broker.in_room(self.subscriber, frame.room):
+            self.subscriber.deliver(posted.frame)
+
+    async def _join(self, frame: Join) -> None:
+        """Backlog, then live, with nothing lost or repeated in between.
+
+        Live frames are buffered from before the backlog is read; once it is
+        sent, those not already in it are delivered and the room goes live.
+        """
+        broker, history, subscriber = self.hub.broker, self.hub.history, self.subscriber
+        broker.begin_join(subscriber, frame.room)
+        try:
+            if frame.after is None:
+                page = await history.before(frame.room, None, JOIN_LAST)
+                subscriber.deliver(_history_frame(frame.room, page))
+                last_id = page.last_id
+            else:
+                last_id = frame.after
+                while True:
+                    page = await history.after(frame.room, last_id)
+                    subscriber.deliver(_history_frame(frame.room, page))
+                    last_id = page.last_id or last_id
+                    if not page.has_more:
+                        break
+                    await subscriber.wait_half_empty()
+        except BaseException:
+            broker.abandon_join(subscriber, frame.room)
+            raise
+        broker.finish_join(subscriber, frame.room, last_id)
+
+
+def _history_frame(room: str, page: Page) -> str:
+    frame: dict[str, Any] = {"type": "history", "room": room}
+    return encode({**frame, "messages": page.messages, "has_more": page.has_more})

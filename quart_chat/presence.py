@@ -1,0 +1,231 @@
+"""Who is online, counted per user across every worker, with heartbeats and expiry.
+
+Each worker keeps the truth about its own sockets in memory and mirrors it to
+Redis from one writer task: `presence:worker:<id>` holds its per-user
+connection counts and `presence:workers` the time each worker's heartbeat
+expires. A user is online while any live worker counts them. One Lua script
+applies a batch of counts, announces the transitions (first tab anywhere:
+online; last tab anywhere: offline) and reaps workers whose heartbeat
+stopped, so a crashed worker's users go offline within HEARTBEAT_TTL.
+Because the writer sends absolute counts from memory, a failed write (Redis
+down) is repaired by the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .protocol import DEFAULT_ROOM, encode
+from .sessions import User
+
+log = logging.getLogger(__name__)
+
+WORKERS_KEY = "presence:workers"
+NAMES_KEY = "presence:names"
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_TTL_SECONDS = 30.0
+RETRY_SECONDS = 1.0
+
+_TOTAL = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function live_workers(now)
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+end
+local function total(live, user)
+  local n = 0
+  for _, w in ipairs(live) do
+    n = n + tonumber(redis.call('HGET', 'presence:worker:' .. w, user) or '0')
+  end
+  return n
+end
+"""
+
+# KEYS: workers zset, names hash.
+# ARGV: worker id, heartbeat ttl ms, full sync (1/0), channel, room JSON,
+#       then (user id, count, public user JSON) for each user to set.
+_SYNC = (
+    _TOTAL
+    + """
+local me = ARGV[1]
+local mine = 'presence:worker:' .. me
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+-- Live while this runs even when withdrawing (ttl 0), so its users' totals drop to 0 here.
+redis.call('ZADD', KEYS[1], now + math.max(ttl, 1000), me)
+
+local function announce(user, status)
+  local public = redis.call('HGET', KEYS[2], user)
+  if public then
+    redis.call('PUBLISH', ARGV[4], '{"type":"presence","room":' .. ARGV[5] .. ',"user":'
+      .. public .. ',"status":"' .. status .. '"}')
+  end
+end
+
+local function set_count(user, count)
+  local live = live_workers(now)
+  local before = total(live, user)
+  if count > 0 then
+    redis.call('HSET', mine, user, count)
+  else
+    redis.call('HDEL', mine, user)
+  end
+  local after = total(live, user)
+  if before == 0 and after > 0 then
+    announce(user, 'online')
+  elseif before > 0 and after == 0 then
+    announce(user, 'offline')
+  end
+end
+
+local given = {}
+for i = 6, #ARGV, 3 do
+  given[ARGV[i]] = true
+  if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
+  set_count(ARGV[i], tonumber(ARGV[i + 1]))
+end
+if ARGV[3] == '1' then
+  for _, user in ipairs(redis.call('HKEYS', mine)) do
+    if not given[user] then set_count(user, 0) end
+  end
+end
+
+if ttl == 0 then
+  redis.call('ZREM', KEYS[1], me)
+  redis.call('DEL', mine)
+end
+
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local users = redis.call('HKEYS', 'presence:worker:' .. w)
+  redis.call('DEL', 'presence:worker:' .. w)
+  redis.call('ZREM', KEYS[1], w)
+  local live = live_workers(now)
+  for _, user in ipairs(users) do
+    if total(live, user) == 0 then announce(user, 'offline') end
+  end
+end
+return 1
+"""
+)
+
+# KEYS: workers zset, names hash. Returns the public JSON of every online user.
+_ONLINE = (
+    _TOTAL
+    + """
+local seen = {}
+local out = {}
+for _, w in ipairs(live_workers(now_ms())) do
+  for _, user in ipairs(redis.call('HKEYS', 'presence:worker:' .. w)) do
+    if not seen[user] then
+      seen[user] = true
+      local public = redis.call('HGET', KEYS[2], user)
+      if public then table.insert(out, public) end
+    end
+  end
+end
+return out
+"""
+)
+
+
+class PresenceTracker:
+    """This worker's open connections per user, mirrored to Redis by one writer task.
+
+    `add` and `remove` never wait, so a socket's cleanup cannot be held up by Redis.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        worker_id: str,
+        channel: str,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        ttl_seconds: float = HEARTBEAT_TTL_SECONDS,
+    ) -> None:
+        self.redis = redis
+        self.worker_id = worker_id
+        self.channel = channel
+        self.heartbeat_seconds = heartbeat_seconds
+        self.ttl_seconds = ttl_seconds
+        self._counts: Counter[str] = Counter()
+        self._users: dict[str, dict[str, str]] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._sync = redis.register_script(_SYNC)
+        self._online = redis.register_script(_ONLINE)
+
+    def add(self, user: User) -> None:
+        self._counts[user.id] += 1
+        self._users[user.id] = user.public()
+        self._mark(user.id)
+
+    def remove(self, user: User) -> None:
+        self._counts[user.id] -= 1
+        if self._counts[user.id] <= 0:
+            del self._counts[user.id]
+        self._mark(user.id)
+
+    def _mark(self, user_id: str) -> None:
+        self._dirty.add(user_id)
+        self._wake.set()
+
+    async def online(self) -> list[dict[str, str]]:
+        """Everyone online on any live worker, including this worker's not yet written users."""
+        stored = [json.loads(item) for item in await self._online(keys=[WORKERS_KEY, NAMES_KEY])]
+        known = {user["id"] for user in stored}
+        local = [self._users[uid] for uid in self._counts if uid not in known]
+        return stored + local
+
+    async def run(self) -> None:
+        """Write changed counts as they happen and every count on each heartbeat."""
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_heartbeat - loop.time())):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            full = loop.time() >= next_heartbeat
+            users = set(self._counts) if full else set(self._dirty)
+            self._dirty.clear()
+            try:
+                await self._write(users, full=full, ttl_seconds=self.ttl_seconds)
+            except (RedisError, OSError) as error:
+                log.warning("could not update presence: %s", error)
+                # Write everything again soon: absolute counts make a retry safe.
+                next_heartbeat = loop.time() + RETRY_SECONDS
+                continue
+            if full:
+                next_heartbeat = loop.time() + self.heartbeat_seconds
+
+    async def withdraw(self) -> None:
+        """On shutdown: this worker's users go offline unless another worker has them."""
+        self._counts.clear()
+        await self._write(set(), full=True, ttl_seconds=0)
+
+    async def _write(self, users: set[str], *, full: bool, ttl_seconds: float) -> None:
+        args: list[Any] = [
+            self.worker_id,
+            int(ttl_seconds * 1000),
+            "1" if full else "0",
+            self.channel,
+            encode(DEFAULT_ROOM),
+        ]
+        for user_id in users:
+            public = self._users.get(user_id, {"id": user_id, "name": ""})
+            args += [user_id, self._counts.get(user_id, 0), encode(public)]
+        await self._sync(keys=[WORKERS_KEY, NAMES_KEY], args=args)
+        for user_id in users:
+            if user_id not in self._counts:
+                self._users.pop(user_id, None)

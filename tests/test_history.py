@@ -1,0 +1,100 @@
+"""Room history on Redis Streams: ids, paging, capping and idempotent posting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from redis.asyncio import Redis
+
+from quart_chat.history import RoomHistory, room_channel
+from quart_chat.sessions import get_or_create_user
+
+
+async def test_concurrent_retries_of_one_client_id_post_once(redis: Redis) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    history = RoomHistory(redis, 10000)
+    results = await asyncio.gather(
+        *(history.post("general", ann, "hello", "same") for _ in range(20))
+    )
+    assert sum(r.created for r in results) == 1
+    assert len({r.id for r in results}) == 1
+    assert len({r.frame for r in results}) == 1
+    assert await redis.xlen("history:general") == 1
+    # Another user may use the same client_id: ids are per user.
+    bob = await get_or_create_user(redis, "bob@example.com")
+    assert (await history.post("general", bob, "hello", "same")).created
+
+
+async def test_a_posted_message_is_published_with_its_stream_id(redis: Redis) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    history = RoomHistory(redis, 10000)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(room_channel("general"))
+    try:
+        await pubsub.get_message(timeout=5)  # the subscribe confirmation
+        posted = await history.post("general", ann, 'quotes " and \\ and ünïcode', "c1")
+        message = await pubsub.get_message(timeout=5)
+    finally:
+        await pubsub.aclose()
+    assert message is not None
+    message_id, _, frame = message["data"].decode().partition(" ")
+    assert message_id == posted.id
+    assert frame == posted.frame
+    assert json.loads(frame) == {
+        "type": "message",
+        "room": "general",
+        "id": posted.id,
+        "ts": int(posted.id.split("-")[0]),
+        "user": {"id": ann.id, "name": "ann"},
+        "text": 'quotes " and \\ and ünïcode',
+        "client_id": "c1",
+    }
+    stored = await history.get("general", posted.id)
+    assert stored == {k: v for k, v in json.loads(frame).items() if k != "type"}
+
+
+async def test_pages_forward_and_back(redis: Redis) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    history = RoomHistory(redis, 10000)
+    ids = [(await history.post("general", ann, f"m{n}", f"c{n}")).id for n in range(25)]
+
+    forward = await history.after("general", ids[4], count=10)
+    assert [m["id"] for m in forward.messages] == ids[5:15]
+    assert forward.has_more
+    end = await history.after("general", ids[14], count=10)
+    assert [m["id"] for m in end.messages] == ids[15:25]
+    assert not end.has_more
+
+    back = await history.before("general", ids[10], count=4)
+    assert [m["id"] for m in back.messages] == ids[6:10]  # newest last
+    assert back.has_more
+    first = await history.before("general", ids[3], count=4)
+    assert [m["text"] for m in first.messages] == ["m0", "m1", "m2"]
+    assert not first.has_more
+    newest = await history.before("general", None, count=2)
+    assert [m["id"] for m in newest.messages] == ids[-2:]
+
+
+async def test_history_is_capped_per_room(redis: Redis) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    history = RoomHistory(redis, 100)
+    for n in range(600):
+        await history.post("general", ann, f"m{n}", f"c{n}")
+    # MAXLEN ~ trims whole stream nodes (100 entries each), so it may keep up to one node more.
+    assert 100 <= await redis.xlen("history:general") <= 200
+    newest = await history.before("general", None, count=1)
+    assert newest.messages[0]["text"] == "m599"
+
+
+async def test_a_retry_after_trimming_still_echoes_the_original_id(redis: Redis) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    history = RoomHistory(redis, 100)
+    first = await history.post("general", ann, "old", "keep-me")
+    for n in range(400):
+        await history.post("general", ann, f"m{n}", f"c{n}")
+    assert await history.get("general", first.id) is None
+    retry = await history.post("general", ann, "old", "keep-me")
+    assert not retry.created
+    assert json.loads(retry.frame)["id"] == first.id
+    assert json.loads(retry.frame)["text"] == "old"

@@ -1,0 +1,349 @@
+"""`quart-chat serve --workers 2` as a real process, real WebSocket clients, a Redis we can restart.
+
+Proves what one process cannot: messages cross workers, a logout on one worker
+closes sockets on the other, resume after a dropped connection and after a
+Redis restart loses nothing, and one slow reader cannot hold up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from quart_auth.extension import _AuthSerializer
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from quart_chat.sessions import create_session, get_or_create_user, revoke_session
+
+from .servers import ChatServer, RedisServer
+
+SECRET = "multiworker-secret-" + "k" * 32
+WAIT = 15.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("mw-redis"), appendonly=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChatServer]:
+    chat = ChatServer(
+        tmp_path_factory.mktemp("mw-chat"),
+        env={
+            "CHAT_REDIS_URL": redis_server.url,
+            "CHAT_SECRET_KEY": SECRET,
+            "CHAT_COOKIE_SECURE": "false",
+            # Senders here flood on purpose; the limit has its own test.
+            "CHAT_MESSAGES_PER_MINUTE": "1000000",
+        },
+        workers=2,
+    ).start()
+    try:
+        yield chat
+    finally:
+        chat.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    await client.delete("history:general")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Person:
+    def __init__(self, server: ChatServer, user_id: str, session_id: str) -> None:
+        self.server = server
+        self.user_id = user_id
+        self.session_id = session_id
+        token = _AuthSerializer(SECRET, "quart auth salt").dumps(session_id)
+        self.cookie = f"QUART_AUTH={token}"
+
+    async def open(self, patience: float = 0, **options: Any) -> ClientConnection:
+        """Connect and read `ready`; with patience, retry while the server answers 503."""
+        deadline = asyncio.get_running_loop().time() + patience
+        while True:
+            try:
+                ws = await connect(
+                    self.server.base_url.replace("http", "ws") + "/ws",
+                    additional_headers={"Cookie": self.cookie},
+                    proxy=None,
+                    open_timeout=WAIT,
+                    **options,
+                )
+            except (InvalidStatus, OSError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            ready = await receive(ws)
+            assert ready["type"] == "ready"
+            return ws
+
+
+async def log_in(redis: Redis, server: ChatServer, name: str | None = None) -> Person:
+    email = f"{name or secrets.token_hex(4)}@example.com"
+    user = await get_or_create_user(redis, email)
+    return Person(server, user.id, await create_session(redis, user, 3600))
+
+
+def worker(ws: ClientConnection) -> str:
+    assert ws.response is not None
+    return ws.response.headers["X-Chat-Worker"]
+
+
+async def on_two_workers(one: Person, two: Person) -> tuple[ClientConnection, ClientConnection]:
+    """Sockets for `one` and `two` that are served by different worker processes."""
+    first = await one.open()
+    for _ in range(60):
+        second = await two.open()
+        if worker(second) != worker(first):
+            return first, second
+        await second.close()
+    raise AssertionError("the kernel never handed a connection to the second worker")
+
+
+async def receive(ws: ClientConnection, timeout: float = WAIT) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return frame
+
+
+async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await receive(ws)
+        if frame["type"] == kind:
+            return frame
+        assert frame["type"] == "presence", frame
+
+
+async def join(ws: ClientConnection, after: str | None = None) -> list[str]:
+    """Join `general`; the ids of the whole backlog."""
+    await ws.send(json.dumps({"type": "join", "room": "general", "after": after}))
+    ids: list[str] = []
+    while True:
+        page = await receive_type(ws, "history")
+        ids += [m["id"] for m in page["messages"]]
+        if after is None or not page["has_more"]:
+            return ids
+
+
+async def send(ws: ClientConnection, text: str, client_id: str) -> None:
+    frame = {"type": "send", "room": "general", "text": text, "client_id": client_id}
+    await ws.send(json.dumps(frame))
+
+
+async def close_code(ws: ClientConnection, timeout: float = WAIT) -> int | None:
+    """Read until the server closes the socket; the code it sent."""
+    with contextlib.suppress(ConnectionClosed):
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    return ws.close_code
+
+
+async def drain(ws: ClientConnection) -> None:
+    """Read and drop everything, as a browser tab does with its own echoes."""
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+async def stored_ids(redis: Redis) -> list[str]:
+    return [entry[0].decode() for entry in await redis.xrange("history:general")]
+
+
+async def test_messages_cross_workers_in_stream_order_and_retries_post_once(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann, bob = await log_in(redis, server), await log_in(redis, server)
+    ann_ws, bob_ws = await on_two_workers(ann, bob)
+    async with ann_ws, bob_ws:
+        await join(ann_ws)
+        await join(bob_ws)
+        for n in range(30):
+            await send(ann_ws, f"ann {n}", f"a{n}")
+            await send(bob_ws, f"bob {n}", f"b{n}")
+        seen_by_ann = [await receive_type(ann_ws, "message") for _ in range(60)]
+        seen_by_bob = [await receive_type(bob_ws, "message") for _ in range(60)]
+        order = await stored_ids(redis)
+        assert [m["id"] for m in seen_by_ann] == order
+        assert [m["id"] for m in seen_by_bob] == order
+        texts = {f"{who} {n}" for who in ("ann", "bob") for n in range(30)}
+        assert {m["text"] for m in seen_by_bob} == texts
+
+        # A retry of an acknowledged send (say, after a lost ack) posts nothing new.
+        original = next(m for m in seen_by_ann if m["client_id"] == "a0")
+        await send(ann_ws, "ann 0", "a0")
+        assert await receive_type(ann_ws, "message") == original
+        assert await redis.xlen("history:general") == 60
+
+
+async def test_logout_on_one_worker_closes_the_session_on_every_worker_with_4401(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann = await log_in(redis, server)
+    tab1, tab2 = await on_two_workers(ann, ann)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await revoke_session(redis, ann.session_id)
+    codes = await asyncio.gather(close_code(tab1), close_code(tab2))
+    assert codes == [4401, 4401]
+    assert loop.time() - started < 5  # the contract is one second; this is a loaded CI box
+    with pytest.raises(InvalidStatus) as refused:
+        await ann.open()
+    assert refused.value.response.status_code == 401
+
+
+async def test_handshakes_without_a_session_or_from_another_site_are_refused(
+    server: ChatServer, redis: Redis
+) -> None:
+    url = server.base_url.replace("http", "ws") + "/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, proxy=None)
+    assert refused.value.response.status_code == 401
+    ann = await log_in(redis, server)
+    with pytest.raises(InvalidStatus) as refused:
+        await ann.open(origin="https://evil.example")  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    ws = await ann.open(origin=server.base_url)  # type: ignore[arg-type]
+    await ws.close()
+
+
+async def test_bad_frames_get_errors_and_oversized_frames_close_1009(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann = await log_in(redis, server)
+    async with await ann.open() as ws:
+        await join(ws)
+        for bad in ["nonsense", '{"type": "fly"}', '{"type": "send", "room": "general"}']:
+            await ws.send(bad)
+            assert (await receive_type(ws, "error"))["code"] == "bad_request"
+        await send(ws, "x" * 4001, "long")
+        assert (await receive_type(ws, "error"))["code"] == "too_long"
+        await send(ws, "still fine", "ok")
+        assert (await receive_type(ws, "message"))["text"] == "still fine"
+        await ws.send("x" * (65 * 1024))
+        assert await close_code(ws) == 1009
+
+
+async def test_resume_after_a_dropped_connection_has_no_gap_and_no_duplicate(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann, bob = await log_in(redis, server), await log_in(redis, server)
+    sender = await bob.open()
+    reader = await ann.open()
+    await join(reader)
+    total = 400
+
+    async def keep_sending() -> None:
+        for n in range(total):
+            await send(sender, f"bob {n}", f"b{n}")
+            await asyncio.sleep(0.002)
+
+    sending = asyncio.create_task(keep_sending())
+    draining = asyncio.create_task(drain(sender))
+    seen = [(await receive_type(reader, "message"))["id"] for _ in range(50)]
+    reader.transport.abort()  # the network drops: no close handshake
+    await asyncio.sleep(0.2)  # miss a few messages
+    reader = await ann.open()
+    seen += await join(reader, after=seen[-1])
+    while len(seen) < total:
+        seen.append((await receive_type(reader, "message"))["id"])
+    await sending
+    assert seen == await stored_ids(redis)
+    await reader.close()
+    await sender.close()
+    await draining
+
+
+async def test_a_slow_reader_is_closed_with_1013_while_others_keep_receiving(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann, bob, cid = [await log_in(redis, server) for _ in range(3)]
+    # A tiny receive buffer and a client that stops reading: the server's
+    # writes to it block, its outbox fills, and it must be let go.
+    # (Set before connecting: shrinking the buffer of an open connection can
+    # leave the loopback TCP window stuck shut for good.)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    slow = await cid.open(sock=raw, max_queue=1, compression=None, ping_interval=None)
+    await join(slow)
+    normal = await ann.open()
+    await join(normal)
+    sender = await bob.open()
+    draining = asyncio.create_task(drain(sender))
+    sent = 0
+    received = 0
+    text = secrets.token_urlsafe(3000)[:3000]
+    let_go_before = server.log().count("cannot keep up")
+    while server.log().count("cannot keep up") == let_go_before:
+        assert sent < 5000, "the slow reader was never closed"
+        for _ in range(100):
+            await send(sender, text, f"s{sent}")
+            sent += 1
+        # The normal reader keeps up with every message while the slow one stalls.
+        while received < sent:
+            assert (await receive_type(normal, "message"))["client_id"] == f"s{received}"
+            received += 1
+        await asyncio.sleep(0.1)
+    assert await close_code(slow, timeout=60) == 1013
+    await send(sender, "after", "after")
+    assert (await receive_type(normal, "message"))["text"] == "after"
+    await normal.close()
+    await sender.close()
+    await draining
+
+
+async def test_a_redis_restart_mid_chat_loses_no_stored_message(
+    server: ChatServer, redis_server: RedisServer, redis: Redis
+) -> None:
+    ann, bob = await log_in(redis, server), await log_in(redis, server)
+    reader = await ann.open()
+    sender = await bob.open()
+    await join(reader)
+    await join(sender)
+    for n in range(20):
+        await send(sender, f"before {n}", f"before{n}")
+    seen = [(await receive_type(reader, "message"))["id"] for _ in range(20)]
+    redis_server.restart()
+    assert await close_code(reader) == 1011
+    assert await close_code(sender) == 1011
+
+    # Both come back as soon as the workers have reconnected; bob re-sends with
+    # the same client_ids, as the browser does for unacknowledged messages.
+    sender = await bob.open(patience=30)
+    await join(sender, after=seen[-1])
+    for n in range(20):
+        await send(sender, f"after {n}", f"after{n}")
+    for n in range(5):
+        await send(sender, f"after {n}", f"after{n}")  # retries: echoed, not posted
+    draining = asyncio.create_task(drain(sender))
+    reader = await ann.open(patience=30)
+    seen += await join(reader, after=seen[-1])
+    while len(seen) < 40:
+        seen.append((await receive_type(reader, "message"))["id"])
+    async with Redis.from_url(redis_server.url) as fresh:  # the old connection died
+        assert seen == await stored_ids(fresh)
+        assert await fresh.xlen("history:general") == 40
+    await reader.close()
+    await sender.close()
+    await draining

@@ -1,0 +1,108 @@
+"""Presence across workers: counts per user, announcements once per user, dead workers expire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from quart_chat.broker import PRESENCE_CHANNEL
+from quart_chat.presence import PresenceTracker
+from quart_chat.sessions import User, get_or_create_user
+
+
+@pytest.fixture
+async def announcements(redis: Redis) -> AsyncIterator[PubSub]:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(PRESENCE_CHANNEL)
+    await pubsub.get_message(timeout=5)
+    try:
+        yield pubsub
+    finally:
+        await pubsub.aclose()
+
+
+async def next_announcement(pubsub: PubSub, timeout: float = 10) -> tuple[str, str]:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+            if message is not None:
+                frame = json.loads(message["data"])
+                assert frame["type"] == "presence" and frame["room"] == "general"
+                assert "email" not in frame["user"]
+                return frame["user"]["name"], frame["status"]
+
+
+def start(tracker: PresenceTracker) -> asyncio.Task[None]:
+    return asyncio.create_task(tracker.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_user_is_online_while_any_worker_has_a_tab(
+    redis: Redis, announcements: PubSub
+) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    bob = await get_or_create_user(redis, "bob@example.com")
+    one = PresenceTracker(redis, "one", PRESENCE_CHANNEL)
+    two = PresenceTracker(redis, "two", PRESENCE_CHANNEL)
+    tasks = [start(one), start(two)]
+    try:
+        one.add(ann)
+        assert await next_announcement(announcements) == ("ann", "online")
+        two.add(ann)  # a second tab on another worker: no news
+        two.add(bob)
+        assert await next_announcement(announcements) == ("bob", "online")
+        assert sorted(u["name"] for u in await one.online()) == ["ann", "bob"]
+        one.remove(ann)  # ann still has a tab on worker two
+        two.remove(bob)
+        assert await next_announcement(announcements) == ("bob", "offline")
+        two.remove(ann)
+        assert await next_announcement(announcements) == ("ann", "offline")
+        assert await one.online() == []
+    finally:
+        for task in tasks:
+            await stop(task)
+
+
+async def test_a_dead_workers_users_go_offline_when_its_heartbeat_expires(
+    redis: Redis, announcements: PubSub
+) -> None:
+    ann = await get_or_create_user(redis, "ann@example.com")
+    bob = await get_or_create_user(redis, "bob@example.com")
+    dying = PresenceTracker(redis, "dying", PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1)
+    alive = PresenceTracker(redis, "alive", PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1)
+    dying_task, alive_task = start(dying), start(alive)
+    try:
+        dying.add(ann)
+        dying.add(bob)
+        alive.add(bob)
+        names = {await next_announcement(announcements) for _ in range(2)}
+        assert names == {("ann", "online"), ("bob", "online")}
+        await stop(dying_task)  # the worker dies without a word
+        assert await next_announcement(announcements, timeout=10) == ("ann", "offline")
+        assert [u["name"] for u in await alive.online()] == ["bob"]
+    finally:
+        await stop(dying_task)
+        await stop(alive_task)
+
+
+async def test_a_stopping_worker_withdraws_its_users_at_once(
+    redis: Redis, announcements: PubSub
+) -> None:
+    ann: User = await get_or_create_user(redis, "ann@example.com")
+    tracker = PresenceTracker(redis, "w", PRESENCE_CHANNEL)
+    task = start(tracker)
+    tracker.add(ann)
+    assert await next_announcement(announcements) == ("ann", "online")
+    await stop(task)
+    await tracker.withdraw()
+    assert await next_announcement(announcements, timeout=2) == ("ann", "offline")
+    assert await redis.zcard("presence:workers") == 0
