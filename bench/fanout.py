@@ -772,6 +772,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", "-W", type=int, default=1)
     parser.add_argument("--clients-per-session", type=int, default=10, help="clients per login")
     parser.add_argument("--idle-connections", type=int, default=2000)
+    parser.add_argument(
+        "--memory-variants", default="plain,deflate", help="idle runs: plain and/or deflate"
+    )
     parser.add_argument("--server-cpus", default="0", help="taskset list for the server")
     parser.add_argument("--generator-cpu", type=int, default=1, help="core for generator+Redis")
     parser.add_argument("--no-pin", action="store_true", help="no CPU pinning")
@@ -815,7 +818,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["throughput"] = await throughput_phase(env, args)
         if args.only in (None, "memory"):
             results["memory"] = []
-            for deflate in (False, True):
+            for variant in args.memory_variants.split(","):
+                deflate = variant.strip() == "deflate"
                 phase = await memory_phase(env, args, deflate)
                 results["memory"].append(phase)
     results["machine"]["loadavg_end"] = os.getloadavg()
