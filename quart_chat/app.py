@@ -8,6 +8,7 @@ from pathlib import Path
 from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
+from .asgi import ExposeWebsocketSend
 from .base import ChatApp
 from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> ChatApp:
         await app.hub.stop()
         await app.redis.aclose()
 
+    app.asgi_app = ExposeWebsocketSend(app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxy_hops:
         # Rewrites the client address and scheme from X-Forwarded-* for exactly
         # this many proxies; with 0 hops those headers are ignored entirely.
