@@ -249,8 +249,8 @@ class Broker:
     def _dispatch(self, message: dict[str, object]) -> None:
         kind = message["type"]
         data = message["data"]
-        if not isinstance(data, bytes):
-            return
+        if kind not in {"message", "pmessage"} or not isinstance(data, bytes):
+            return  # subscription confirmations and PING replies
         channel = as_text(message["channel"])  # type: ignore[arg-type]
         if kind == "pmessage" and channel.startswith(ROOM_CHANNEL_PREFIX):
             self._fan_out_room(channel.removeprefix(ROOM_CHANNEL_PREFIX), data.decode())
@@ -268,6 +268,9 @@ class Broker:
                 await self._listen_once()
             except (RedisError, OSError, TimeoutError) as error:
                 log.warning("Redis pub/sub connection lost (%s); reconnecting", error)
+            except Exception:
+                # A bug must not leave the worker deaf: start over like after an outage.
+                log.exception("Redis pub/sub listener failed; reconnecting")
             finally:
                 self._subscribed.clear()
                 for subscriber in list(self._subscribers):

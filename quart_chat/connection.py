@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -83,8 +82,10 @@ class ChatConnection:
         except (RedisError, OSError):
             self.subscriber.close(CLOSE_SERVER_ERROR)
             return
-        ready = {"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)}
-        await self._send(encode({**ready, "online": online}))
+        user = self.user.public()
+        await self._send(
+            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
+        )
 
     async def _send_loop(self) -> None:
         next_frame, send = self.subscriber.next_frame, self._send
@@ -162,5 +163,6 @@ class ChatConnection:
 
 
 def _history_frame(room: str, page: Page) -> str:
-    frame: dict[str, Any] = {"type": "history", "room": room}
-    return encode({**frame, "messages": page.messages, "has_more": page.has_more})
+    return encode(
+        {"type": "history", "room": room, "messages": page.messages, "has_more": page.has_more}
+    )
