@@ -1,0 +1,1 @@
+"""Benchmarks for quart-chat; `python -m bench.fanout --help`."""
