@@ -32,6 +32,7 @@ from .protocol import (
 )
 from .ratelimit import hit_limit
 from .sessions import User, session_exists
+from .storage import raise_if_cancelled
 
 SEND_WINDOW_SECONDS = 60
 
@@ -82,6 +83,7 @@ class ChatConnection:
         except (RedisError, OSError):
             self.subscriber.close(CLOSE_SERVER_ERROR)
             return
+        raise_if_cancelled()
         user = self.user.public()
         await self._send(
             encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
@@ -100,6 +102,7 @@ class ChatConnection:
                 await self._handle(parse_frame(raw, max_chars))
             except FrameError as error:
                 self.subscriber.deliver(error.frame())
+            raise_if_cancelled()
 
     async def _handle(self, frame: ClientFrame) -> None:
         try:
