@@ -16,6 +16,7 @@ from quart_auth import current_user
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from ..asgi import text_sender
 from ..base import get_app
 from ..connection import ChatConnection
 from ..security import is_allowed_origin
@@ -58,7 +59,8 @@ async def chat_socket() -> tuple[dict[str, str], int] | None:
         return {"error": "unavailable"}, 503
 
     await websocket.accept(headers={WORKER_HEADER: hub.broker.worker_id})
-    connection = ChatConnection(hub, user, auth.auth_id, websocket.send, websocket.receive)
+    send = text_sender(websocket.scope)
+    connection = ChatConnection(hub, user, auth.auth_id, send, websocket.receive)
     code = await connection.serve()
     if code is not None:
         try:
