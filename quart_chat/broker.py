@@ -26,7 +26,7 @@ from redis.retry import Retry
 from .history import ROOM_CHANNEL_PREFIX
 from .protocol import stream_id_key
 from .sessions import SESSION_REVOKED_CHANNEL, session_exists
-from .storage import as_text
+from .storage import as_text, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class Broker:
         self._joining: dict[str, dict[Subscriber, _Joining]] = {}
         self._subscribed = asyncio.Event()
         self._backoff = BACKOFF_FIRST_SECONDS
+        self._last_heard = 0.0
 
     @property
     def subscribed(self) -> bool:
@@ -249,8 +250,8 @@ class Broker:
     def _dispatch(self, message: dict[str, object]) -> None:
         kind = message["type"]
         data = message["data"]
-        if not isinstance(data, bytes):
-            return
+        if kind not in {"message", "pmessage"} or not isinstance(data, bytes):
+            return  # subscription confirmations and PING replies
         channel = as_text(message["channel"])  # type: ignore[arg-type]
         if kind == "pmessage" and channel.startswith(ROOM_CHANNEL_PREFIX):
             self._fan_out_room(channel.removeprefix(ROOM_CHANNEL_PREFIX), data.decode())
@@ -268,6 +269,9 @@ class Broker:
                 await self._listen_once()
             except (RedisError, OSError, TimeoutError) as error:
                 log.warning("Redis pub/sub connection lost (%s); reconnecting", error)
+            except Exception:
+                # A bug must not leave the worker deaf: start over like after an outage.
+                log.exception("Redis pub/sub listener failed; reconnecting")
             finally:
                 self._subscribed.clear()
                 for subscriber in list(self._subscribers):
@@ -276,8 +280,11 @@ class Broker:
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS)
 
     async def _listen_once(self) -> None:
-        # A dedicated connection: no command timeout (reads pass their own) and
-        # no silent reconnect-and-resubscribe, which would hide lost messages.
+        # A dedicated connection without silent reconnect-and-resubscribe, which
+        # would hide lost messages. Reads block without a timeout of their own
+        # (cheaper per message, and nothing for a cancellation to get lost in);
+        # a watchdog task PINGs a silent connection and drops it if Redis does
+        # not answer.
         client = Redis.from_url(
             self._redis_url,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -291,23 +298,48 @@ class Broker:
             await pubsub.psubscribe(ROOM_CHANNEL_PREFIX + "*")
             await pubsub.subscribe(PRESENCE_CHANNEL, SESSION_REVOKED_CHANNEL)
             await _await_confirmations(pubsub, 3)
+            raise_if_cancelled()
             self._subscribed.set()
             self._backoff = BACKOFF_FIRST_SECONDS
             log.info("worker %s subscribed to Redis pub/sub", self.worker_id)
-            ping_sent = False
-            while True:
-                message = await pubsub.get_message(timeout=PUBSUB_IDLE_SECONDS)
-                if message is None:
-                    if ping_sent:
-                        raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
-                    await pubsub.ping()
-                    ping_sent = True
-                    continue
-                ping_sent = False
-                self._dispatch(message)
+            self._last_heard = asyncio.get_running_loop().time()
+            # Cancel-in-finally rather than a TaskGroup: on Python 3.11 a
+            # TaskGroup whose child fails can leave its parent's cancel count
+            # raised, which `raise_if_cancelled` would then take for a real cancel.
+            tasks = [
+                asyncio.create_task(self._read(pubsub)),
+                asyncio.create_task(self._watch(pubsub)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raise what ended it
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
+
+    async def _read(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            self._last_heard = loop.time()
+            if message is not None:
+                self._dispatch(message)
+
+    async def _watch(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PUBSUB_IDLE_SECONDS)
+            silent = loop.time() - self._last_heard
+            if silent >= 2 * PUBSUB_IDLE_SECONDS:
+                raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
+            if silent >= PUBSUB_IDLE_SECONDS:
+                await pubsub.ping()
+                raise_if_cancelled()
 
     # -- expired sessions --------------------------------------------------------
 
@@ -316,6 +348,7 @@ class Broker:
         while True:
             await asyncio.sleep(SESSION_SWEEP_SECONDS)
             await self.close_expired_sessions()
+            raise_if_cancelled()
 
     async def close_expired_sessions(self) -> None:
         session_ids = list(self._sessions)
@@ -333,6 +366,6 @@ async def _await_confirmations(pubsub: PubSub, count: int) -> None:
     """SUBSCRIBE is only in effect once Redis confirms it; until then messages could be missed."""
     async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
         while count:
-            message = await pubsub.get_message(timeout=CONNECT_TIMEOUT_SECONDS)
+            message = await pubsub.get_message(timeout=None)
             if message is not None and message["type"] in {"subscribe", "psubscribe"}:
                 count -= 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -33,6 +32,7 @@ from .protocol import (
 )
 from .ratelimit import hit_limit
 from .sessions import User, session_exists
+from .storage import raise_if_cancelled
 
 SEND_WINDOW_SECONDS = 60
 
@@ -83,8 +83,11 @@ class ChatConnection:
         except (RedisError, OSError):
             self.subscriber.close(CLOSE_SERVER_ERROR)
             return
-        ready = {"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)}
-        await self._send(encode({**ready, "online": online}))
+        raise_if_cancelled()
+        user = self.user.public()
+        await self._send(
+            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
+        )
 
     async def _send_loop(self) -> None:
         next_frame, send = self.subscriber.next_frame, self._send
@@ -99,6 +102,7 @@ class ChatConnection:
                 await self._handle(parse_frame(raw, max_chars))
             except FrameError as error:
                 self.subscriber.deliver(error.frame())
+            raise_if_cancelled()
 
     async def _handle(self, frame: ClientFrame) -> None:
         try:
@@ -162,5 +166,6 @@ class ChatConnection:
 
 
 def _history_frame(room: str, page: Page) -> str:
-    frame: dict[str, Any] = {"type": "history", "room": room}
-    return encode({**frame, "messages": page.messages, "has_more": page.has_more})
+    return encode(
+        {"type": "history", "room": room, "messages": page.messages, "has_more": page.has_more}
+    )

@@ -44,7 +44,11 @@ class ChatHub:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(STOP_WAIT_SECONDS):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            log.warning("chat background tasks did not stop in %ss", STOP_WAIT_SECONDS)
         try:
             async with asyncio.timeout(STOP_WAIT_SECONDS):
                 await self.presence.withdraw()

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from .protocol import DEFAULT_ROOM, encode
 from .sessions import User
+from .storage import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class PresenceTracker:
             self._dirty.clear()
             try:
                 await self._write(users, full=full, ttl_seconds=self.ttl_seconds)
+                raise_if_cancelled()
             except (RedisError, OSError) as error:
                 log.warning("could not update presence: %s", error)
                 # Write everything again soon: absolute counts make a retry safe.

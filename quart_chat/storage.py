@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import BlockingConnectionPool, Redis
 
 # redis-py's `from_url` caps the pool at 100 and raises past that; a blocking
@@ -28,3 +30,16 @@ def open_redis(url: str) -> Redis:
 def as_text(value: bytes | str) -> str:
     """redis-py types every reply as `bytes | str`; this pool returns bytes."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def raise_if_cancelled() -> None:
+    """Honour a cancellation that redis-py swallowed.
+
+    A cancel that lands while redis-py 8 takes a connection from its pool is
+    sometimes lost (the task keeps running with `cancelling() > 0`), which
+    would leave a background loop running forever after shutdown. Loops that
+    call Redis check this after each call.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

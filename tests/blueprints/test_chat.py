@@ -350,6 +350,22 @@ async def test_an_expired_session_is_closed_with_4401(
     assert closed.value.args[0] == 4401
 
 
+async def test_an_idle_pubsub_connection_is_kept_alive_with_pings(
+    redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker, "PUBSUB_IDLE_SECONDS", 0.1)
+    app = create_app(make_settings(redis_url, tmp_path))
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        bob = await log_in(app, redis, "bob@example.com")
+        async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+            await start(ann_ws)
+            await start(bob_ws)
+            await asyncio.sleep(1.0)  # several idle periods, each answered by a PING
+            await send_text(ann_ws, "still connected?", "c1")
+            assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
+
+
 # -- presence -------------------------------------------------------------------------
 
 
