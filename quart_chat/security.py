@@ -6,10 +6,11 @@ The origin check guards state-changing POSTs (CSRF) and the WebSocket handshake
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from quart import Response
+from werkzeug.datastructures import Headers
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -47,7 +48,7 @@ def own_origin(scheme: str, host: str) -> str:
 
 
 def is_allowed_origin(
-    headers: Mapping[str, str], scheme: str, host: str, extra_origins: Iterable[str]
+    headers: Headers, scheme: str, host: str, extra_origins: Iterable[str]
 ) -> bool:
     """False for a request a browser made on behalf of another site.
 

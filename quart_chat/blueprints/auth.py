@@ -43,7 +43,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 async def reject_cross_site_posts() -> None:
     settings = get_app().settings
     if request.method == "POST" and not is_allowed_origin(
-        dict(request.headers), request.scheme, request.host, settings.allowed_origins
+        request.headers, request.scheme, request.host, settings.allowed_origins
     ):
         raise APIError(403, "forbidden_origin")
 

@@ -8,7 +8,6 @@ subscription: no session is HTTP 401, a cross-site Origin is HTTP 403
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import cast
 
 from quart import Blueprint, redirect, render_template, websocket
@@ -42,9 +41,8 @@ async def index() -> str | WerkzeugResponse:
 @blueprint.websocket("/ws")
 async def chat_socket() -> tuple[dict[str, str], int] | None:
     app = get_app()
-    headers = cast(Mapping[str, str], websocket.headers)
     if not is_allowed_origin(
-        headers, websocket.scheme, websocket.host, app.settings.allowed_origins
+        websocket.headers, websocket.scheme, websocket.host, app.settings.allowed_origins
     ):
         return {"error": "origin_not_allowed"}, 403
     auth = cast(SessionUser, current_user)
