@@ -9,7 +9,7 @@ from pathlib import Path
 from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
-from .asgi import ExposeWebsocketSend
+from .asgi import ChatSocketRoute
 from .base import ChatApp
 from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     )
     # One QuartAuth per app rather than a module-level one: init_app copies the
     # cookie settings onto the extension, and tests build apps with different ones.
-    QuartAuth(app, user_class=SessionUser)
+    quart_auth = QuartAuth(app, user_class=SessionUser)
     app.mailer = make_mailer(settings)
 
     app.register_blueprint(ops.blueprint)
@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> ChatApp:
         await app.hub.stop()
         await app.redis.aclose()
 
-    app.asgi_app = ExposeWebsocketSend(app.asgi_app)  # type: ignore[method-assign]
+    # `/ws` is served below Quart, where an idle socket costs far less memory.
+    app.asgi_app = ChatSocketRoute(app, quart_auth, app.asgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxy_hops:
         # Rewrites the client address and scheme from X-Forwarded-* for exactly
         # this many proxies; with 0 hops those headers are ignored entirely.

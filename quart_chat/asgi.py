@@ -1,42 +1,142 @@
-"""Chat frames go straight to the ASGI server, not through `quart.Websocket.send`.
+"""The chat WebSocket, `/ws`, served at the ASGI level; everything else goes to Quart.
 
-Quart's `send` yields to the event loop (`asyncio.sleep(0)`) and fires a
-blinker signal on every call. Fan-out calls it once per recipient per message,
-where that was about a third of the worker's CPU (see bench/), so the chat
-socket sends with the ASGI `send` callable, which this middleware puts in the
-scope of every WebSocket connection.
+A chat socket spends nearly all its life idle, and a worker holds thousands, so
+what each one keeps alive sets the server's memory. Through Quart, a socket
+cost two extra tasks, a second receive queue, a request context and a parsed
+copy of its headers on top of what Hypercorn and the chat itself keep (about
+38 KiB in all, bench/). Here the handshake is checked from the ASGI scope,
+frames are read straight from the server's `receive` and written with its
+`send`, and the server's task for the connection is the one that serves it.
+
+The handshake is authorised before it is accepted, like a Campfire channel
+subscription: no session is HTTP 401, a cross-site Origin is HTTP 403
+(cross-site WebSocket hijacking), and a worker that has lost Redis answers 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from quart_auth import QuartAuth
+from redis.exceptions import RedisError
+from werkzeug.datastructures import Headers
+from werkzeug.http import parse_cookie
+from werkzeug.sansio.utils import get_host
 
-SEND_KEY = "quart_chat.send"
+from .base import ChatApp
+from .broker import CLOSE_SERVER_ERROR
+from .connection import ChatConnection
+from .security import is_allowed_origin
+from .sessions import User, load_session
+
+log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
+CHAT_SOCKET_PATH = "/ws"
+# Wait this long for a slow client to take the close frame, then let it go.
+CLOSE_TIMEOUT_SECONDS = 5.0
+# Harmless to expose: a random id per worker process, which shows in tests
+# and load balancer logs which worker serves a socket.
+WORKER_HEADER = "X-Chat-Worker"
 
-class ExposeWebsocketSend:
-    def __init__(self, app: ASGIApp) -> None:
+
+class Refused(Exception):
+    """A handshake answered with an HTTP error instead of a WebSocket."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+class ChatSocketRoute:
+    """ASGI middleware in front of Quart that serves the chat WebSocket itself."""
+
+    def __init__(self, app: ChatApp, auth: QuartAuth, inner: ASGIApp) -> None:
         self.app = app
+        self.auth = auth
+        self.inner = inner
+        if auth.cookie_name is None:
+            raise ValueError("QuartAuth(app) must run before the route is made")
+        self.cookie_name: str = auth.cookie_name
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] == "websocket":
-            # A copy, as ASGI middleware should; the server's scope stays as it was.
-            scope = cast(Scope, {**scope, SEND_KEY: send})
-        await self.app(scope, receive, send)
+        if scope["type"] == "websocket" and scope["path"] == CHAT_SOCKET_PATH:
+            await self.serve(cast(dict[str, Any], scope), receive, send)
+        else:
+            await self.inner(scope, receive, send)
+
+    async def serve(
+        self, scope: dict[str, Any], receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        try:
+            user, session_id = await self.authorise(scope)
+        except Refused as refusal:
+            await refuse(scope, send, refusal)
+            return
+        hub = self.app.hub
+        worker = (WORKER_HEADER.lower().encode(), hub.broker.worker_id.encode())
+        await send({"type": "websocket.accept", "subprotocol": None, "headers": [worker]})
+        try:
+            code = await ChatConnection(hub, user, session_id, send, receive).serve()
+        except Exception:
+            log.exception("chat WebSocket failed")
+            code = CLOSE_SERVER_ERROR
+        if code is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await send({"type": "websocket.close", "code": code, "reason": None})
+            except TimeoutError:
+                pass
+
+    async def authorise(self, scope: dict[str, Any]) -> tuple[User, str]:
+        """The session's user and id, or `Refused`."""
+        app = self.app
+        headers = Headers(
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        )
+        scheme: str = scope["scheme"]
+        host = get_host(scheme, headers.get("Host"), scope.get("server"))
+        if not is_allowed_origin(headers, scheme, host, app.settings.allowed_origins):
+            raise Refused(403, "origin_not_allowed")
+        token = parse_cookie(headers.get("Cookie")).get(self.cookie_name)
+        session_id = None if token is None else self.auth.load_token(token, app)
+        if session_id is None:
+            raise Refused(401, "unauthorized")
+        try:
+            user = await load_session(app.redis, session_id)
+        except (RedisError, OSError):
+            raise Refused(503, "unavailable") from None
+        if user is None:
+            raise Refused(401, "unauthorized")
+        if not app.hub.broker.subscribed:
+            raise Refused(503, "unavailable")
+        return user, session_id
 
 
-def text_sender(scope: Any) -> Callable[[str], Awaitable[None]]:
-    """Send one text frame on the accepted WebSocket whose scope this is."""
-    send: ASGISendCallable = scope[SEND_KEY]
-
-    async def send_text(frame: str) -> None:
-        await send({"type": "websocket.send", "bytes": None, "text": frame})
-
-    return send_text
+async def refuse(scope: dict[str, Any], send: ASGISendCallable, refusal: Refused) -> None:
+    """Answer the handshake with an HTTP status and a JSON body, where the server can."""
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        # Without the extension a close before accept is all ASGI offers (HTTP 403).
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+        return
+    body = json.dumps({"error": refusal.code}).encode()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": refusal.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})

@@ -1,17 +1,19 @@
-"""One chat WebSocket after its handshake: the `ready` frame, then two tasks that end together.
+"""One chat WebSocket after its handshake: the `ready` frame, then its frames one at a time.
 
-The receive loop parses and serves client frames one at a time; the send loop
-drains the socket's outbox. Both run in a TaskGroup: if either fails the other
-is cancelled, a server-side close (`Subscriber.close`) cancels both, and the
-client leaving cancels the handler and with it both. Cleanup is synchronous
-and in `finally`, so it runs on every path.
+The task the server runs the socket in reads and serves client frames; frames
+to the client go through the socket's `Subscriber`, whose outbox is drained by
+a task that exists only while there is something to send. A server-side close
+(`Subscriber.close`: logout, a full outbox, Redis lost) cancels the serving
+task, which then returns the close code; the client leaving ends the loop.
+Cleanup is synchronous and in `finally`, so it runs on every path.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from typing import Any
 
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
@@ -38,42 +40,47 @@ SEND_WINDOW_SECONDS = 60
 
 
 class ChatConnection:
+    __slots__ = ("_receive", "_send", "hub", "session_id", "subscriber", "user")
+
     def __init__(
         self,
         hub: ChatHub,
         user: User,
         session_id: str,
-        send: Callable[[str], Awaitable[None]],
-        receive: Callable[[], Awaitable[str | bytes]],
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable,
     ) -> None:
         self.hub = hub
         self.user = user
         self.session_id = session_id
-        self.subscriber = Subscriber(session_id)
         self._send = send
         self._receive = receive
+        self.subscriber = Subscriber(session_id, send)
 
     async def serve(self) -> int | None:
         """Run until the server closes the socket (returns the close code) or the client leaves."""
         hub, subscriber = self.hub, self.subscriber
+        task = asyncio.current_task()
+        assert task is not None
+        subscriber.attach(task)
         hub.broker.register(subscriber)
         hub.presence.add(self.user)
         try:
             await self._send_ready()
-            if subscriber.close_code is None:
-                async with asyncio.TaskGroup() as group:
-                    subscriber.attach(
-                        [
-                            group.create_task(self._receive_loop()),
-                            group.create_task(self._send_loop()),
-                        ]
-                    )
+            subscriber.start()
+            await self._receive_loop()
+        except asyncio.CancelledError:
+            # `Subscriber.close` cancelled us; any other cancellation goes on up.
+            if subscriber.close_code is None or task.uncancel() > 0:
+                raise
         finally:
             hub.broker.unregister(subscriber)
             hub.presence.remove(self.user)
+            subscriber.stop()
         return subscriber.close_code
 
     async def _send_ready(self) -> None:
+        """The first frame, sent before anything the broker delivered meanwhile."""
         try:
             # A logout announced between the handshake and `register` was missed.
             if not await session_exists(self.hub.redis, self.session_id):
@@ -85,23 +92,26 @@ class ChatConnection:
             return
         raise_if_cancelled()
         user = self.user.public()
-        await self._send(
-            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
-        )
-
-    async def _send_loop(self) -> None:
-        next_frame, send = self.subscriber.next_frame, self._send
-        while True:
-            await send(await next_frame())
+        frame = encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
+        await self._send({"type": "websocket.send", "bytes": None, "text": frame})
 
     async def _receive_loop(self) -> None:
         max_chars = self.hub.settings.message_max_chars
-        while True:
-            raw = await self._receive()
+        receive, subscriber = self._receive, self.subscriber
+        while subscriber.close_code is None:
+            event: Any = await receive()
+            kind = event["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive":
+                continue  # `websocket.connect`, which servers send first
+            raw = event.get("text")
+            if raw is None:
+                raw = event.get("bytes") or b""
             try:
                 await self._handle(parse_frame(raw, max_chars))
             except FrameError as error:
-                self.subscriber.deliver(error.frame())
+                subscriber.deliver(error.frame())
             raise_if_cancelled()
 
     async def _handle(self, frame: ClientFrame) -> None:

@@ -1,37 +1,125 @@
-"""A socket's outbox is bounded: a subscriber that cannot keep up is closed, never waited for."""
+"""A socket's outbox: bounded, sent in order, and without a task while there is nothing to send."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from quart_chat.broker import CLOSE_TRY_AGAIN_LATER, Subscriber
+from quart_chat.broker import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Subscriber
+
+
+class Client:
+    """The ASGI `send` of one socket: records text frames; `stalled` makes it block like
+    a client that stopped reading."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.stalled = False
+        self._unstalled = asyncio.Event()
+
+    async def send(self, message: Any) -> None:
+        assert message["type"] == "websocket.send"
+        while self.stalled:
+            await self._unstalled.wait()
+        self.frames.append(message["text"])
+
+    def stall(self) -> None:
+        self.stalled = True
+        self._unstalled.clear()
+
+    def resume(self) -> None:
+        self.stalled = False
+        self._unstalled.set()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def serving_task() -> asyncio.Task[None]:
+    task = asyncio.create_task(asyncio.Event().wait())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    return task
 
 
 async def test_a_full_outbox_closes_only_that_subscriber_with_1013() -> None:
-    slow = Subscriber("s1", limit=3)
-    fast = Subscriber("s2", limit=3)
-
-    async def forever() -> None:
-        await asyncio.Event().wait()
-
-    slow_task = asyncio.create_task(forever())
-    slow.attach([slow_task])
-    received = []
+    slow_client, fast_client = Client(), Client()
+    slow_client.stall()
+    slow = Subscriber("s1", slow_client.send, limit=3)
+    fast = Subscriber("s2", fast_client.send, limit=3)
+    slow_task = await serving_task()
+    slow.attach(slow_task)
+    for subscriber in (slow, fast):
+        subscriber.start()
     for n in range(10):
-        frame = f"frame {n}"
         for subscriber in (slow, fast):
-            subscriber.deliver(frame)  # never awaits
-        received.append(await fast.next_frame())
-    assert received == [f"frame {n}" for n in range(10)]
+            subscriber.deliver(f"frame {n}")  # never awaits
+        await settle()
+    assert fast_client.frames == [f"frame {n}" for n in range(10)]
     assert slow.close_code == CLOSE_TRY_AGAIN_LATER
     assert fast.close_code is None
     await asyncio.gather(slow_task, return_exceptions=True)
-    assert slow_task.cancelled()  # the socket's tasks end with it
+    assert slow_task.cancelled()  # the task serving the socket ends with it
 
 
-async def test_a_waiting_sender_wakes_for_the_next_frame() -> None:
-    subscriber = Subscriber("s")
-    waiting = asyncio.create_task(subscriber.next_frame())
-    await asyncio.sleep(0)
+async def test_frames_wait_for_start_and_then_go_in_order() -> None:
+    client = Client()
+    subscriber = Subscriber("s", client.send)
+    subscriber.deliver("early")
+    await settle()
+    assert client.frames == []  # `ready` goes first, directly
+    subscriber.start()
+    subscriber.deliver("later")
+    await settle()
+    assert client.frames == ["early", "later"]
+
+
+async def test_an_idle_subscriber_holds_no_task_and_no_buffer() -> None:
+    client = Client()
+    subscriber = Subscriber("s", client.send)
+    subscriber.start()
+    before = len(asyncio.all_tasks())
+    client.stall()
+    for n in range(3):
+        subscriber.deliver(f"frame {n}")
+    await settle()
+    assert len(asyncio.all_tasks()) == before + 1  # one sender for the burst
+    client.resume()
+    await settle()
+    assert client.frames == ["frame 0", "frame 1", "frame 2"]
+    assert len(asyncio.all_tasks()) == before
+    subscriber.deliver("again")  # a new burst gets a new sender
+    await settle()
+    assert client.frames[-1] == "again"
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_a_failing_send_closes_the_socket_with_1011() -> None:
+    async def broken(message: Any) -> None:
+        raise RuntimeError("transport gone")
+
+    subscriber = Subscriber("s", broken)
+    owner = await serving_task()
+    subscriber.attach(owner)
+    subscriber.start()
     subscriber.deliver("hello")
-    assert await asyncio.wait_for(waiting, 5) == "hello"
+    await asyncio.gather(owner, return_exceptions=True)
+    assert owner.cancelled()
+    assert subscriber.close_code == CLOSE_SERVER_ERROR
+
+
+async def test_a_producer_waits_until_the_outbox_is_half_empty() -> None:
+    client = Client()
+    client.stall()
+    subscriber = Subscriber("s", client.send, limit=4)
+    subscriber.start()
+    for n in range(4):
+        subscriber.deliver(f"frame {n}")
+    waiter = asyncio.create_task(subscriber.wait_half_empty())
+    await settle()
+    assert not waiter.done()
+    client.resume()
+    await asyncio.wait_for(waiter, 5)
+    await settle()
+    assert client.frames == [f"frame {n}" for n in range(4)]
