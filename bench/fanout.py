@@ -8,9 +8,11 @@ It starts its own Redis and `quart-chat serve --workers W` (pinned with taskset
 to one core; the generator and Redis to another), logs in through the real
 code flow (a local aiosmtpd sink receives the code mail), opens C clients in
 `general` and steps the number of senders up until p99 latency exceeds the
-bound or a message is lost. Then it measures idle memory per connection with
-and without permessage-deflate offered. A table goes to stdout and the full
-results as JSON to bench/results/.
+bound or a message is lost. Then it measures idle memory per connection:
+without permessage-deflate, with it offered (as browsers do) to a server that
+declines it (the default), and offered to one that agrees
+(CHAT_WS_COMPRESSION=true). A table goes to stdout and the full results as
+JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class Environment:
     smtp: SmtpSink
     secret: str
 
-    def server_env(self, data_dir: Path) -> dict[str, str]:
+    def server_env(self, data_dir: Path, compression: bool = False) -> dict[str, str]:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         return {
             **inherited,
@@ -146,16 +148,20 @@ class Environment:
             "CHAT_CODE_REQUESTS_PER_IP_HOUR": UNLIMITED,
             "CHAT_LOGIN_ATTEMPTS_PER_IP_HOUR": UNLIMITED,
             "CHAT_MESSAGES_PER_MINUTE": UNLIMITED,
+            "CHAT_WS_COMPRESSION": "true" if compression else "false",
         }
 
-    def fresh_server(self, name: str, workers: int, cpus: str | None) -> ChatServer:
+    def fresh_server(
+        self, name: str, workers: int, cpus: str | None, compression: bool = False
+    ) -> ChatServer:
         client = redis.Redis.from_url(self.redis.url)
         try:
             client.flushall()
         finally:
             client.close()
         directory = self.workdir / name
-        return ChatServer(directory, self.server_env(directory / "var"), workers, cpus).start()
+        server_env = self.server_env(directory / "var", compression)
+        return ChatServer(directory, server_env, workers, cpus).start()
 
     def redis_used_memory(self) -> int:
         client = redis.Redis.from_url(self.redis.url)
@@ -495,7 +501,7 @@ def blame_elsewhere(step: dict[str, Any]) -> bool:
 
 
 async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[str, Any]:
-    server = env.fresh_server("throughput", args.workers, args.server_cpus)
+    server = env.fresh_server("throughput", args.workers, args.server_cpus, args.server_compression)
     try:
         sessions = math.ceil(args.clients / args.clients_per_session)
         started = time.monotonic()
@@ -512,6 +518,7 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
             f"({args.clients_per_session} clients per login; logins {login_s:.1f}s, "
             f"connects {connect_s:.1f}s, first fan-out {probe_s * 1000:.0f} ms; "
             f"permessage-deflate {'offered' if args.deflate else 'not offered'}, "
+            f"server {'agrees' if args.server_compression else 'declines'}, "
             f"negotiated by {negotiated})",
             flush=True,
         )
@@ -545,6 +552,7 @@ async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[s
             "sessions": sessions,
             "clients_per_session": args.clients_per_session,
             "deflate_offered": args.deflate,
+            "server_compression": args.server_compression,
             "deflate_negotiated": negotiated,
             "login_s": login_s,
             "connect_s": connect_s,
@@ -611,9 +619,17 @@ async def settle_memory(server: ChatServer, seconds: float = 3.0) -> proc.Memory
     return proc.memory(server.pids())
 
 
-async def memory_phase(env: Environment, args: argparse.Namespace, deflate: bool) -> dict[str, Any]:
-    name = "deflate" if deflate else "plain"
-    server = env.fresh_server(f"memory-{name}", args.workers, args.server_cpus)
+MEMORY_VARIANTS = {
+    # name: (the client offers permessage-deflate, the server agrees to it)
+    "plain": (False, False),
+    "deflate": (True, False),
+    "deflate-on": (True, True),
+}
+
+
+async def memory_phase(env: Environment, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    deflate, compression = MEMORY_VARIANTS[name]
+    server = env.fresh_server(f"memory-{name}", args.workers, args.server_cpus, compression)
     try:
         sessions = math.ceil(args.idle_connections / args.clients_per_session)
         cookies = await login_many(server, env.smtp, sessions, f"idle-{name}")
@@ -631,7 +647,9 @@ async def memory_phase(env: Environment, args: argparse.Namespace, deflate: bool
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
         count = args.idle_connections
         return {
+            "variant": name,
             "deflate_offered": deflate,
+            "server_compression": compression,
             "extensions_negotiated": negotiated,
             "connections": count,
             "sessions": sessions,
@@ -686,6 +704,13 @@ def profile_text(profile: dict[str, Any], count: int = 15) -> str:
     return "\n".join(lines)
 
 
+MEMORY_LABELS = {
+    "plain": "deflate not offered            ",
+    "deflate": "deflate offered, server declines",
+    "deflate-on": "deflate offered, server agrees  ",
+}
+
+
 def summary(results: dict[str, Any]) -> str:
     lines = [
         "verdict: ok = no loss, duplicate, reorder, error or close and p99 <= 250 ms; "
@@ -709,7 +734,7 @@ def summary(results: dict[str, Any]) -> str:
         else:
             lines.append("knee: none (the first step already failed)")
     for phase in results.get("memory", []):
-        label = "deflate offered" if phase["deflate_offered"] else "no deflate     "
+        label = MEMORY_LABELS[phase["variant"]]
         lines.append(
             f"idle memory, {label}: {phase['rss_kib_per_connection']:.1f} KiB RSS, "
             f"{phase['pss_kib_per_connection']:.1f} KiB PSS per connection at "
@@ -769,11 +794,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="load clients offer permessage-deflate, as browsers do (memory phase does both)",
     )
+    parser.add_argument(
+        "--server-compression",
+        action="store_true",
+        help="the server agrees to permessage-deflate (CHAT_WS_COMPRESSION=true)",
+    )
     parser.add_argument("--workers", "-W", type=int, default=1)
     parser.add_argument("--clients-per-session", type=int, default=10, help="clients per login")
     parser.add_argument("--idle-connections", type=int, default=2000)
     parser.add_argument(
-        "--memory-variants", default="plain,deflate", help="idle runs: plain and/or deflate"
+        "--memory-variants",
+        default=",".join(MEMORY_VARIANTS),
+        help="idle runs: plain (not offered), deflate (offered, declined), deflate-on (agreed)",
     )
     parser.add_argument("--server-cpus", default="0", help="taskset list for the server")
     parser.add_argument("--generator-cpu", type=int, default=1, help="core for generator+Redis")
@@ -799,6 +831,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.warmup, args.pause, args.retries = 2.0, 1.0, 0.0, 0
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
     args.steps = [int(s) for s in str(args.steps).split(",")]
+    args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
+    unknown = set(args.memory_variants) - set(MEMORY_VARIANTS)
+    if unknown:
+        parser.error(f"--memory-variants: unknown {', '.join(sorted(unknown))}")
     if args.no_pin:
         args.server_cpus = None
     return args
@@ -818,9 +854,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["throughput"] = await throughput_phase(env, args)
         if args.only in (None, "memory"):
             results["memory"] = []
-            for variant in args.memory_variants.split(","):
-                deflate = variant.strip() == "deflate"
-                phase = await memory_phase(env, args, deflate)
+            for variant in args.memory_variants:
+                phase = await memory_phase(env, args, variant)
                 results["memory"].append(phase)
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
-from .asgi import ChatSocketRoute
+from .asgi import ChatSocketRoute, use_permessage_deflate
 from .base import ChatApp
 from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
@@ -101,7 +101,9 @@ def create_worker_app() -> ChatApp:
     """Entry point for each Hypercorn worker process started by `quart-chat serve`."""
     configure_logging()
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
-    return create_app()
+    settings = load_settings()
+    use_permessage_deflate(settings.ws_compression)
+    return create_app(settings)
 
 
 def configure_logging() -> None:

@@ -39,6 +39,10 @@ def test_smoke_run_delivers_every_message_once_in_order(tmp_path: Path) -> None:
     assert step["latency_ms"]["samples"] > 0
 
     memory = results["memory"]
-    assert [phase["deflate_offered"] for phase in memory] == [False, True]
+    assert [phase["variant"] for phase in memory] == ["plain", "deflate", "deflate-on"]
+    # Offered compression is declined unless the server is told to agree.
+    negotiated = [phase["extensions_negotiated"] for phase in memory]
+    assert negotiated[:2] == [None, None]
+    assert negotiated[2].startswith("permessage-deflate")
     assert all(phase["connections"] == 30 for phase in memory)
     assert all(phase["rss_kib_after"] > 0 for phase in memory)

@@ -101,3 +101,15 @@ def test_generated_secret_key_is_private_and_reused(tmp_path: Path) -> None:
     second = ensure_secret_key(settings)
     assert first.secret() == second.secret()
     assert len(first.secret()) >= 32
+
+
+def test_every_setting_is_documented_in_the_readme_and_env_example() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / ".env.example").read_text()
+    for field in Settings.model_fields:
+        variable = f"CHAT_{field.upper()}"
+        assert f"{variable}=" in example, variable
+        # The README's table abbreviates a family: `CHAT_SMTP_HOST` / `_PORT` / ...
+        suffix = "_" + variable.split("_", 2)[2]
+        assert f"`{variable}`" in readme or f"`{suffix}`" in readme, variable

@@ -347,3 +347,42 @@ async def test_a_redis_restart_mid_chat_loses_no_stored_message(
     await reader.close()
     await sender.close()
     await draining
+
+
+async def test_permessage_deflate_is_declined_unless_enabled(
+    server: ChatServer,
+    redis_server: RedisServer,
+    redis: Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Browsers always offer compression; the server agrees only with CHAT_WS_COMPRESSION."""
+
+    async def chat_through(ws: ClientConnection, text: str) -> str:
+        await join(ws)
+        await send(ws, text, secrets.token_hex(4))
+        return str((await receive_type(ws, "message"))["text"])
+
+    ann = await log_in(redis, server)
+    async with await ann.open(compression="deflate") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert await chat_through(ws, "plain " * 50) == "plain " * 50
+
+    compressing = ChatServer(
+        tmp_path_factory.mktemp("mw-deflate"),
+        env={
+            "CHAT_REDIS_URL": redis_server.url,
+            "CHAT_SECRET_KEY": SECRET,
+            "CHAT_COOKIE_SECURE": "false",
+            "CHAT_WS_COMPRESSION": "true",
+        },
+        workers=1,
+    ).start()
+    try:
+        bob = await log_in(redis, compressing)
+        async with await bob.open(compression="deflate") as ws:
+            assert ws.response is not None
+            assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+            assert await chat_through(ws, "squeezed " * 50) == "squeezed " * 50
+    finally:
+        compressing.stop()
