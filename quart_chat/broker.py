@@ -41,7 +41,7 @@ CLOSE_LOGGED_OUT = 4401
 # outbox costs a few KB of pointers, not copies.
 OUTBOX_FRAMES = 512
 # How long the pub/sub connection may be silent before we PING it, and how long
-# a PING may go unanswered before the connection counts as dead. Explicit read
+# that PING may go unanswered before the connection counts as dead. Explicit read
 # timeouts: redis-py's own socket timeout would not cover a silent dead peer.
 PUBSUB_IDLE_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -381,15 +381,22 @@ class Broker:
                 self._dispatch(message)
 
     async def _watch(self, pubsub: PubSub) -> None:
+        """PING a connection that has been silent; only an unanswered PING means it is dead.
+
+        Silence alone proves nothing: a quiet room sends nothing, and a worker
+        whose loop ran late (a burst of handshakes) has not read for a while.
+        """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(PUBSUB_IDLE_SECONDS)
-            silent = loop.time() - self._last_heard
-            if silent >= 2 * PUBSUB_IDLE_SECONDS:
+            if loop.time() - self._last_heard < PUBSUB_IDLE_SECONDS:
+                continue
+            pinged = loop.time()
+            await pubsub.ping()
+            raise_if_cancelled()
+            await asyncio.sleep(PUBSUB_IDLE_SECONDS)
+            if self._last_heard < pinged:
                 raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
-            if silent >= PUBSUB_IDLE_SECONDS:
-                await pubsub.ping()
-                raise_if_cancelled()
 
     # -- expired sessions --------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -362,6 +363,27 @@ async def test_an_idle_pubsub_connection_is_kept_alive_with_pings(
             await start(ann_ws)
             await start(bob_ws)
             await asyncio.sleep(1.0)  # several idle periods, each answered by a PING
+            await send_text(ann_ws, "still connected?", "c1")
+            assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
+
+
+async def test_a_busy_worker_does_not_take_a_quiet_redis_for_a_dead_one(
+    redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an unanswered PING counts: a loop that runs late must not drop every socket."""
+    monkeypatch.setattr(broker, "PUBSUB_IDLE_SECONDS", 0.1)
+    app = create_app(make_settings(redis_url, tmp_path))
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        bob = await log_in(app, redis, "bob@example.com")
+        async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+            await start(ann_ws)
+            await start(bob_ws)
+            for _ in range(3):
+                # Other work holds the loop for longer than the watchdog's whole
+                # window: Redis stayed quiet meanwhile, but it has not failed.
+                time.sleep(0.35)
+                await asyncio.sleep(0.15)
             await send_text(ann_ws, "still connected?", "c1")
             assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
 
