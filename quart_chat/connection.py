@@ -81,6 +81,8 @@ class ChatConnection:
 
     async def _send_ready(self) -> None:
         """The first frame, sent before anything the broker delivered meanwhile."""
+        if self.subscriber.close_code is not None:
+            return  # `register` refused it: this worker has lost Redis
         try:
             # A logout announced between the handshake and `register` was missed.
             if not await session_exists(self.hub.redis, self.session_id):
