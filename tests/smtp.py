@@ -7,7 +7,6 @@ import email.policy
 import re
 import ssl
 import threading
-import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -20,16 +19,23 @@ CODE_PATTERN = re.compile(r"\b(\d{6})\b")
 
 
 class _Inbox:
+    """What arrived, also indexed by envelope recipient: a bench logs in a thousand users
+    and each waits for its own mail, so a lookup must not scan (and parse) them all."""
+
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
-        self.lock = threading.Lock()
+        self.by_recipient: dict[str, list[EmailMessage]] = {}
+        self.arrived = threading.Condition()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
-        with self.lock:
+        with self.arrived:
             self.messages.append(message)
+            for recipient in envelope.rcpt_tos:
+                self.by_recipient.setdefault(recipient.lower(), []).append(message)
+            self.arrived.notify_all()
         return "250 OK"
 
 
@@ -53,20 +59,22 @@ class SmtpSink:
 
     @property
     def messages(self) -> list[EmailMessage]:
-        with self.inbox.lock:
+        with self.inbox.arrived:
             return list(self.inbox.messages)
 
     def messages_to(self, address: str) -> list[EmailMessage]:
-        return [m for m in self.messages if address.lower() in str(m["To"]).lower()]
+        """The mail delivered to `address` (its SMTP envelope recipient), oldest first."""
+        with self.inbox.arrived:
+            return list(self.inbox.by_recipient.get(address.lower(), ()))
 
     def wait_for_message(self, address: str, count: int = 1, timeout: float = 15.0) -> EmailMessage:
         """Block until `count` messages reached `address`; return the newest."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.messages_to(address)
-            if len(found) >= count:
-                return found[-1]
-            time.sleep(0.02)
+        with self.inbox.arrived:
+            found = self.inbox.arrived.wait_for(
+                lambda: len(self.inbox.by_recipient.get(address.lower(), ())) >= count, timeout
+            )
+            if found:
+                return self.inbox.by_recipient[address.lower()][-1]
         raise TimeoutError(f"no mail #{count} for {address} within {timeout}s")
 
     def wait_for_code(self, address: str, count: int = 1, timeout: float = 15.0) -> str:
