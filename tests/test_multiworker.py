@@ -38,20 +38,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+def server_env(redis_server: RedisServer, **settings: str) -> dict[str, str]:
+    return {
+        "CHAT_REDIS_URL": redis_server.url,
+        "CHAT_SECRET_KEY": SECRET,
+        "CHAT_COOKIE_SECURE": "false",
+        # Senders here flood on purpose; the limit has its own test.
+        "CHAT_MESSAGES_PER_MINUTE": "1000000",
+        **settings,
+    }
+
+
 @pytest.fixture(scope="module")
 def server(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChatServer]:
     chat = ChatServer(
-        tmp_path_factory.mktemp("mw-chat"),
-        env={
-            "CHAT_REDIS_URL": redis_server.url,
-            "CHAT_SECRET_KEY": SECRET,
-            "CHAT_COOKIE_SECURE": "false",
-            # Senders here flood on purpose; the limit has its own test.
-            "CHAT_MESSAGES_PER_MINUTE": "1000000",
-        },
-        workers=2,
+        tmp_path_factory.mktemp("mw-chat"), env=server_env(redis_server), workers=2
     ).start()
     try:
         yield chat
@@ -370,12 +373,7 @@ async def test_permessage_deflate_is_declined_unless_enabled(
 
     compressing = ChatServer(
         tmp_path_factory.mktemp("mw-deflate"),
-        env={
-            "CHAT_REDIS_URL": redis_server.url,
-            "CHAT_SECRET_KEY": SECRET,
-            "CHAT_COOKIE_SECURE": "false",
-            "CHAT_WS_COMPRESSION": "true",
-        },
+        env=server_env(redis_server, CHAT_WS_COMPRESSION="true"),
         workers=1,
     ).start()
     try:

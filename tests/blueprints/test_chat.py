@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -351,9 +351,27 @@ async def test_an_expired_session_is_closed_with_4401(
     assert closed.value.args[0] == 4401
 
 
-async def test_an_idle_pubsub_connection_is_kept_alive_with_pings(
-    redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def idle_for_a_second() -> None:
+    await asyncio.sleep(1.0)  # several idle periods, each answered by a PING
+
+
+async def busy_for_a_second() -> None:
+    for _ in range(3):
+        # Other work holds the loop for longer than the watchdog's whole
+        # window: Redis stayed quiet meanwhile, but it has not failed.
+        time.sleep(0.35)
+        await asyncio.sleep(0.15)
+
+
+@pytest.mark.parametrize("meanwhile", [idle_for_a_second, busy_for_a_second])
+async def test_a_quiet_pubsub_connection_is_kept_with_pings_and_never_taken_for_dead(
+    redis_url: str,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[], Awaitable[None]],
 ) -> None:
+    """Only an unanswered PING counts: a quiet room or a loop that runs late drops nothing."""
     monkeypatch.setattr(broker, "PUBSUB_IDLE_SECONDS", 0.1)
     app = create_app(make_settings(redis_url, tmp_path))
     async with app.test_app():
@@ -362,28 +380,7 @@ async def test_an_idle_pubsub_connection_is_kept_alive_with_pings(
         async with ann.socket() as ann_ws, bob.socket() as bob_ws:
             await start(ann_ws)
             await start(bob_ws)
-            await asyncio.sleep(1.0)  # several idle periods, each answered by a PING
-            await send_text(ann_ws, "still connected?", "c1")
-            assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
-
-
-async def test_a_busy_worker_does_not_take_a_quiet_redis_for_a_dead_one(
-    redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Only an unanswered PING counts: a loop that runs late must not drop every socket."""
-    monkeypatch.setattr(broker, "PUBSUB_IDLE_SECONDS", 0.1)
-    app = create_app(make_settings(redis_url, tmp_path))
-    async with app.test_app():
-        ann = await log_in(app, redis, "ann@example.com")
-        bob = await log_in(app, redis, "bob@example.com")
-        async with ann.socket() as ann_ws, bob.socket() as bob_ws:
-            await start(ann_ws)
-            await start(bob_ws)
-            for _ in range(3):
-                # Other work holds the loop for longer than the watchdog's whole
-                # window: Redis stayed quiet meanwhile, but it has not failed.
-                time.sleep(0.35)
-                await asyncio.sleep(0.15)
+            await meanwhile()
             await send_text(ann_ws, "still connected?", "c1")
             assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
 
