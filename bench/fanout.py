@@ -451,6 +451,11 @@ async def run_step(
     return result
 
 
+def py_spy() -> str | None:
+    beside_python = Path(sys.executable).parent / "py-spy"
+    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
+
+
 async def profile_worker(
     server: ChatServer, step: Step, directory: Path, index: int
 ) -> dict[str, Any]:
@@ -461,8 +466,8 @@ async def profile_worker(
     directory.mkdir(parents=True, exist_ok=True)
     output = directory / f"profile-{time.strftime('%Y%m%d-%H%M%S')}-S{step.senders}.txt"
     seconds = max(1, int(step.window_end - time.monotonic()))
-    beside_python = Path(sys.executable).parent / "py-spy"
-    binary = str(beside_python) if beside_python.exists() else "py-spy"
+    binary = py_spy()
+    assert binary is not None  # checked in parse_args
     spy = await asyncio.create_subprocess_exec(
         binary, "record", "--pid", str(worker), "--duration", str(seconds), "--rate", "250",
         "--nonblocking", "--format", "raw", "--output", str(output),
@@ -497,7 +502,7 @@ def top_of_profile(path: Path, count: int = 25) -> dict[str, Any]:
 def blame_elsewhere(step: dict[str, Any]) -> bool:
     """Only latency failed, and the machine or the generator may be why: worth a retry."""
     delivered_all = step["lost"] == 0 and step["closed_clients"] == 0 and step["errors"] == 0
-    return delivered_all and (step["contended"] or step["generator_limited"])
+    return delivered_all and bool(step["contended"] or step["generator_limited"])
 
 
 async def throughput_phase(env: Environment, args: argparse.Namespace) -> dict[str, Any]:
@@ -832,6 +837,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
     args.steps = [int(s) for s in str(args.steps).split(",")]
     args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
+    if args.profile is not None and py_spy() is None:
+        parser.error("--profile needs py-spy: pip install -e '.[bench]'")
     unknown = set(args.memory_variants) - set(MEMORY_VARIANTS)
     if unknown:
         parser.error(f"--memory-variants: unknown {', '.join(sorted(unknown))}")
