@@ -87,11 +87,16 @@ class Subscriber:
         """The task serving this socket: `close` from any other task cancels it."""
         self._owner = owner
 
-    def start(self) -> None:
-        """Begin sending; frames delivered before this wait until now (after `ready`)."""
+    def start(self, first: str) -> None:
+        """Begin sending: `first` (the `ready` frame), then whatever was delivered before."""
+        if self.close_code is not None:
+            return
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = deque()
+        frames.appendleft(first)
         self._started = True
-        if self._frames and self._sender is None:
-            self._sender = asyncio.create_task(self._drain(self._frames))
+        self._sender = asyncio.create_task(self._drain(frames))
 
     def deliver(self, frame: str) -> None:
         """Queue a frame without ever waiting; a full outbox closes the socket instead."""
@@ -143,22 +148,22 @@ class Subscriber:
         if self.close_code is not None:
             return
         self.close_code = code
+        self._discard(self._sender, self._owner)
+
+    def stop(self) -> None:
+        """The socket is gone: drop what was not sent."""
+        self._discard(self._sender)
+        self._owner = None
+
+    def _discard(self, *tasks: asyncio.Task[object] | None) -> None:
+        """Drop the unsent frames and cancel these tasks, except the one calling."""
         if self._frames is not None:
             self._frames.clear()
             self._frames = None
         current = asyncio.current_task()
-        for task in (self._sender, self._owner):
+        for task in tasks:
             if task is not None and task is not current:
                 task.cancel()
-
-    def stop(self) -> None:
-        """The socket is gone: drop what was not sent."""
-        if self._frames is not None:
-            self._frames.clear()
-            self._frames = None
-        if self._sender is not None and self._sender is not asyncio.current_task():
-            self._sender.cancel()
-        self._owner = None
 
 
 class _Joining:

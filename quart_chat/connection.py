@@ -40,7 +40,7 @@ SEND_WINDOW_SECONDS = 60
 
 
 class ChatConnection:
-    __slots__ = ("_receive", "_send", "hub", "session_id", "subscriber", "user")
+    __slots__ = ("_receive", "hub", "session_id", "subscriber", "user")
 
     def __init__(
         self,
@@ -53,7 +53,6 @@ class ChatConnection:
         self.hub = hub
         self.user = user
         self.session_id = session_id
-        self._send = send
         self._receive = receive
         self.subscriber = Subscriber(session_id, send)
 
@@ -67,7 +66,6 @@ class ChatConnection:
         hub.presence.add(self.user)
         try:
             await self._send_ready()
-            subscriber.start()
             await self._receive_loop()
         except asyncio.CancelledError:
             # `Subscriber.close` cancelled us; any other cancellation goes on up.
@@ -80,7 +78,7 @@ class ChatConnection:
         return subscriber.close_code
 
     async def _send_ready(self) -> None:
-        """The first frame, sent before anything the broker delivered meanwhile."""
+        """Start sending with the first frame, ahead of anything the broker delivered meanwhile."""
         if self.subscriber.close_code is not None:
             return  # `register` refused it: this worker has lost Redis
         try:
@@ -94,8 +92,9 @@ class ChatConnection:
             return
         raise_if_cancelled()
         user = self.user.public()
-        frame = encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
-        await self._send({"type": "websocket.send", "bytes": None, "text": frame})
+        self.subscriber.start(
+            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
+        )
 
     async def _receive_loop(self) -> None:
         max_chars = self.hub.settings.message_max_chars

@@ -51,12 +51,12 @@ async def test_a_full_outbox_closes_only_that_subscriber_with_1013() -> None:
     slow_task = await serving_task()
     slow.attach(slow_task)
     for subscriber in (slow, fast):
-        subscriber.start()
+        subscriber.start("ready")
     for n in range(10):
         for subscriber in (slow, fast):
             subscriber.deliver(f"frame {n}")  # never awaits
         await settle()
-    assert fast_client.frames == [f"frame {n}" for n in range(10)]
+    assert fast_client.frames == ["ready"] + [f"frame {n}" for n in range(10)]
     assert slow.close_code == CLOSE_TRY_AGAIN_LATER
     assert fast.close_code is None
     await asyncio.gather(slow_task, return_exceptions=True)
@@ -68,17 +68,19 @@ async def test_frames_wait_for_start_and_then_go_in_order() -> None:
     subscriber = Subscriber("s", client.send)
     subscriber.deliver("early")
     await settle()
-    assert client.frames == []  # `ready` goes first, directly
-    subscriber.start()
+    assert client.frames == []
+    subscriber.start("ready")  # `ready` goes first
     subscriber.deliver("later")
     await settle()
-    assert client.frames == ["early", "later"]
+    assert client.frames == ["ready", "early", "later"]
 
 
 async def test_an_idle_subscriber_holds_no_task_and_no_buffer() -> None:
     client = Client()
     subscriber = Subscriber("s", client.send)
-    subscriber.start()
+    subscriber.start("ready")
+    await settle()
+    assert client.frames == ["ready"]
     before = len(asyncio.all_tasks())
     client.stall()
     for n in range(3):
@@ -87,7 +89,7 @@ async def test_an_idle_subscriber_holds_no_task_and_no_buffer() -> None:
     assert len(asyncio.all_tasks()) == before + 1  # one sender for the burst
     client.resume()
     await settle()
-    assert client.frames == ["frame 0", "frame 1", "frame 2"]
+    assert client.frames == ["ready", "frame 0", "frame 1", "frame 2"]
     assert len(asyncio.all_tasks()) == before
     subscriber.deliver("again")  # a new burst gets a new sender
     await settle()
@@ -102,7 +104,7 @@ async def test_a_failing_send_closes_the_socket_with_1011() -> None:
     subscriber = Subscriber("s", broken)
     owner = await serving_task()
     subscriber.attach(owner)
-    subscriber.start()
+    subscriber.start("ready")
     subscriber.deliver("hello")
     await asyncio.gather(owner, return_exceptions=True)
     assert owner.cancelled()
@@ -113,7 +115,8 @@ async def test_a_producer_waits_until_the_outbox_is_half_empty() -> None:
     client = Client()
     client.stall()
     subscriber = Subscriber("s", client.send, limit=4)
-    subscriber.start()
+    subscriber.start("ready")
+    await settle()  # the sender took `ready` and waits on the stalled client
     for n in range(4):
         subscriber.deliver(f"frame {n}")
     waiter = asyncio.create_task(subscriber.wait_half_empty())
@@ -122,4 +125,4 @@ async def test_a_producer_waits_until_the_outbox_is_half_empty() -> None:
     client.resume()
     await asyncio.wait_for(waiter, 5)
     await settle()
-    assert client.frames == [f"frame {n}" for n in range(4)]
+    assert client.frames == ["ready"] + [f"frame {n}" for n in range(4)]
