@@ -709,13 +709,6 @@ def profile_text(profile: dict[str, Any], count: int = 15) -> str:
     return "\n".join(lines)
 
 
-MEMORY_LABELS = {
-    "plain": "deflate not offered            ",
-    "deflate": "deflate offered, server declines",
-    "deflate-on": "deflate offered, server agrees  ",
-}
-
-
 def summary(results: dict[str, Any]) -> str:
     lines = [
         "verdict: ok = no loss, duplicate, reorder, error or close and p99 <= 250 ms; "
@@ -739,9 +732,12 @@ def summary(results: dict[str, Any]) -> str:
         else:
             lines.append("knee: none (the first step already failed)")
     for phase in results.get("memory", []):
-        label = MEMORY_LABELS[phase["variant"]]
+        label = "deflate not offered"
+        if phase["deflate_offered"]:
+            agreed = "agrees" if phase["server_compression"] else "declines"
+            label = f"deflate offered, server {agreed}"
         lines.append(
-            f"idle memory, {label}: {phase['rss_kib_per_connection']:.1f} KiB RSS, "
+            f"idle memory, {label:32}: {phase['rss_kib_per_connection']:.1f} KiB RSS, "
             f"{phase['pss_kib_per_connection']:.1f} KiB PSS per connection at "
             f"{phase['connections']} connections (+{phase['redis_bytes_per_connection']:.0f} B "
             f"in Redis; negotiated: {phase['extensions_negotiated'] or 'none'})"

@@ -38,6 +38,10 @@ class _Inbox:
             self.arrived.notify_all()
         return "250 OK"
 
+    def to(self, address: str) -> list[EmailMessage]:
+        """Mail delivered to `address`, oldest first; call with `arrived` held."""
+        return self.by_recipient.get(address.lower(), [])
+
 
 class SmtpSink:
     """aiosmtpd on 127.0.0.1 in its own thread. `tls_context` enables STARTTLS (required)."""
@@ -65,16 +69,13 @@ class SmtpSink:
     def messages_to(self, address: str) -> list[EmailMessage]:
         """The mail delivered to `address` (its SMTP envelope recipient), oldest first."""
         with self.inbox.arrived:
-            return list(self.inbox.by_recipient.get(address.lower(), ()))
+            return list(self.inbox.to(address))
 
     def wait_for_message(self, address: str, count: int = 1, timeout: float = 15.0) -> EmailMessage:
         """Block until `count` messages reached `address`; return the newest."""
         with self.inbox.arrived:
-            found = self.inbox.arrived.wait_for(
-                lambda: len(self.inbox.by_recipient.get(address.lower(), ())) >= count, timeout
-            )
-            if found:
-                return self.inbox.by_recipient[address.lower()][-1]
+            if self.inbox.arrived.wait_for(lambda: len(self.inbox.to(address)) >= count, timeout):
+                return self.inbox.to(address)[-1]
         raise TimeoutError(f"no mail #{count} for {address} within {timeout}s")
 
     def wait_for_code(self, address: str, count: int = 1, timeout: float = 15.0) -> str:
