@@ -26,7 +26,7 @@ from redis.retry import Retry
 from .history import ROOM_CHANNEL_PREFIX
 from .protocol import stream_id_key
 from .sessions import SESSION_REVOKED_CHANNEL, session_exists
-from .storage import as_text, raise_if_cancelled
+from .storage import as_text, raise_if_cancelled, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +344,9 @@ class Broker:
             self._redis_url,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
+            **transport_options(self._redis_url),
         )
         pubsub = client.pubsub()
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -23,8 +25,21 @@ def open_redis(url: str) -> Redis:
         socket_timeout=COMMAND_TIMEOUT_SECONDS,
         socket_connect_timeout=COMMAND_TIMEOUT_SECONDS,
         health_check_interval=30,
+        **transport_options(url),
     )
     return Redis.from_pool(pool)  # the client owns the pool, so aclose() closes it too
+
+
+def transport_options(url: str) -> dict[str, Any]:
+    """Connection options that only some transports accept.
+
+    TCP keep-alive lets the kernel notice a peer that vanished without a FIN
+    (a NAT that forgot us, a host that lost power). redis-py refuses the option
+    outright for `unix://` URLs, whose connections have no such failure mode.
+    """
+    if urlsplit(url).scheme in ("redis", "rediss"):
+        return {"socket_keepalive": True}
+    return {}
 
 
 def as_text(value: bytes | str) -> str:

@@ -1,0 +1,49 @@
+"""Every Redis connection the app makes works on each transport a user can configure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quart_chat.broker import Broker
+from quart_chat.launcher import EmbeddedRedis
+from quart_chat.storage import open_redis, transport_options
+
+
+@pytest.fixture
+def unix_redis_url(tmp_path: Path) -> Iterator[str]:
+    """The embedded Redis exactly as `quart-chat serve` starts it: a Unix socket."""
+    server = EmbeddedRedis(tmp_path / "var")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_the_pool_and_the_pubsub_listener_connect(
+    transport: str, unix_redis_url: str, redis_url: str
+) -> None:
+    url = unix_redis_url if transport == "unix" else redis_url
+    assert url.startswith("unix://" if transport == "unix" else "redis://")
+    redis = open_redis(url)
+    broker = Broker(url, redis)
+    listener = asyncio.create_task(broker.listen())
+    try:
+        assert await redis.ping()
+        await asyncio.wait_for(broker.wait_subscribed(), 10)
+        assert broker.subscribed
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await redis.aclose()
+
+
+def test_keepalive_only_where_the_transport_has_one() -> None:
+    assert transport_options("redis://h:6379/0") == {"socket_keepalive": True}
+    assert transport_options("rediss://h:6380/0") == {"socket_keepalive": True}
+    assert transport_options("unix:///run/redis.sock") == {}
