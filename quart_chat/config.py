@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import secrets
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .addresses import normalize_domain, normalize_email
+
 log = logging.getLogger(__name__)
 
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "replace-me", "your-secret-key"}
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_BITS = 128
+KEY_GENERATION_ADVICE = (
+    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+)
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -87,11 +96,6 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("allowed_email_domains", "allowed_emails", "admin_emails")
-    @classmethod
-    def _lowercase(cls, value: list[str]) -> list[str]:
-        return [item.lower() for item in value]
-
     @field_validator("allowed_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
@@ -119,21 +123,55 @@ class Settings(BaseSettings):
             return None
         raw = value.get_secret_value()
         if raw.lower() in PLACEHOLDER_SECRETS:
-            raise ValueError(
-                "is a placeholder; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-            )
-        if len(raw) < 32:
-            raise ValueError("must be at least 32 characters")
+            raise ValueError(f"is a placeholder; {KEY_GENERATION_ADVICE}")
+        problem = secret_key_problem(raw)
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @field_validator("allowed_emails", "admin_emails")
+    @classmethod
+    def _normalize_emails(cls, value: list[str]) -> list[str]:
+        normalized = []
+        for item in value:
+            address = normalize_email(item)
+            if address is None:
+                raise ValueError(f"{item!r} is not an email address like ada@example.com")
+            normalized.append(address)
+        return normalized
+
+    @field_validator("allowed_email_domains")
+    @classmethod
+    def _normalize_domains(cls, value: list[str]) -> list[str]:
+        normalized = []
+        for item in value:
+            domain = normalize_domain(item.removeprefix("@"))
+            if domain is None:
+                raise ValueError(f"{item!r} is not a mail domain like example.com")
+            normalized.append(domain)
+        return normalized
 
     @model_validator(mode="after")
     def _smtp_from_required(self) -> Settings:
         if self.smtp_host and not self.smtp_from:
             raise ValueError("CHAT_SMTP_FROM is required when CHAT_SMTP_HOST is set")
-        if self.smtp_from and "@" not in self.smtp_from:
-            raise ValueError("CHAT_SMTP_FROM must be an address like chat@example.com")
+        if self.smtp_from and self.envelope_sender is None:
+            raise ValueError(
+                "CHAT_SMTP_FROM must be one address like chat@example.com "
+                "or 'quart-chat <chat@example.com>'"
+            )
         return self
+
+    @property
+    def envelope_sender(self) -> str | None:
+        """The bare address of CHAT_SMTP_FROM, given to SMTP as MAIL FROM, or None if
+        it is not exactly one valid address (with an optional display name)."""
+        if not self.smtp_from:
+            return None
+        parsed = getaddresses([self.smtp_from])
+        if len(parsed) != 1:
+            return None
+        return normalize_email(parsed[0][1])
 
     @property
     def session_seconds(self) -> int:
@@ -188,6 +226,38 @@ def ensure_secret_key(settings: Settings) -> Settings:
             "Set CHAT_SECRET_KEY to keep sessions valid if the data dir is lost.",
             path,
         )
-    if len(key) < 32:
-        raise SettingsError(f"{path}: the stored secret key is too short; delete the file")
+    if secret_key_problem(key):
+        raise SettingsError(f"{path}: the stored secret key is too weak; delete the file")
     return settings.model_copy(update={"secret_key": SecretStr(key)})
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why `key` is too weak to sign sessions and codes, or None.
+
+    There is no measuring the entropy of one string, but there is an upper
+    bound: a key whose shortest repeating unit is p characters long, drawn
+    from k distinct characters, holds at most p * log2(k) bits. Keys whose
+    bound is under 128 bits are refused: all one character, blanks, a short
+    word or pattern repeated. Generated keys (token_urlsafe(48): ~340 bits by
+    this bound; 64 hex digits: ~256) pass easily. A 32-digit hex key, with
+    exactly 128 random bits, rarely shows all 16 digits and is refused: use
+    64 hex digits or token_urlsafe.
+    """
+    if len(key) < MIN_SECRET_LENGTH:
+        return f"must be at least {MIN_SECRET_LENGTH} characters; {KEY_GENERATION_ADVICE}"
+    period = _shortest_period(key)
+    bits = period * math.log2(len(set(key))) if len(set(key)) > 1 else 0.0
+    if bits < MIN_SECRET_BITS:
+        return (
+            f"is too predictable (at most {bits:.0f} bits of entropy, "
+            f"{MIN_SECRET_BITS} needed); {KEY_GENERATION_ADVICE}"
+        )
+    return None
+
+
+def _shortest_period(text: str) -> int:
+    """The length of the shortest unit that `text` repeats (len(text) if none)."""
+    for period in range(1, len(text) // 2 + 1):
+        if all(text[i] == text[i - period] for i in range(period, len(text))):
+            return period
+    return len(text)

@@ -24,6 +24,8 @@ class _Inbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        # Each message's SMTP envelope recipients exactly as the client gave them.
+        self.envelope_recipients: list[list[str]] = []
         self.by_recipient: dict[str, list[EmailMessage]] = {}
         self.arrived = threading.Condition()
 
@@ -33,6 +35,7 @@ class _Inbox:
         assert isinstance(message, EmailMessage)
         with self.arrived:
             self.messages.append(message)
+            self.envelope_recipients.append(list(envelope.rcpt_tos))
             for recipient in envelope.rcpt_tos:
                 self.by_recipient.setdefault(recipient.lower(), []).append(message)
             self.arrived.notify_all()
@@ -65,6 +68,12 @@ class SmtpSink:
     def messages(self) -> list[EmailMessage]:
         with self.inbox.arrived:
             return list(self.inbox.messages)
+
+    @property
+    def envelope_recipients(self) -> list[list[str]]:
+        """Per message received, its envelope recipients as sent (not lower-cased)."""
+        with self.inbox.arrived:
+            return [list(rcpts) for rcpts in self.inbox.envelope_recipients]
 
     def messages_to(self, address: str) -> list[EmailMessage]:
         """The mail delivered to `address` (its SMTP envelope recipient), oldest first."""

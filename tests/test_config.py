@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ from quart_chat.config import (
     ensure_secret_key,
     load_settings,
 )
+
+from .conftest import TEST_SECRET
 
 
 def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -50,6 +55,13 @@ def test_reads_environment_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings()
     assert settings.smtp_port == 2525 and settings.smtp_security is SmtpSecurity.TLS
     assert settings.allowed_email_domains == ["example.com", "corp.example"]
+    monkeypatch.setenv("CHAT_ALLOWED_EMAILS", "Ada@Example.COM")
+    monkeypatch.setenv("CHAT_ALLOWED_EMAIL_DOMAINS", "@Bücher.example")
+    monkeypatch.setenv("CHAT_SMTP_FROM", "quart-chat <Chat@Example.com>")
+    settings = load_settings()
+    assert settings.allowed_emails == ["ada@example.com"]
+    assert settings.allowed_email_domains == ["xn--bcher-kva.example"]
+    assert settings.envelope_sender == "chat@example.com"
     assert settings.allowed_origins == ["https://chat.example.com"]
     assert settings.cookie_secure is False
 
@@ -71,6 +83,11 @@ def test_reads_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         ("CHAT_ALLOWED_ORIGINS", "chat.example.com", "CHAT_ALLOWED_ORIGINS: 'chat.example.com'"),
         ("CHAT_SMTP_HOST", "smtp.example.com", "CHAT_SMTP_FROM is required"),
         ("CHAT_TRUSTED_PROXY_HOPS", "-1", "CHAT_TRUSTED_PROXY_HOPS: Input should be greater"),
+        ("CHAT_SMTP_FROM", "a@example.com, b@example.com", "CHAT_SMTP_FROM must be one address"),
+        ("CHAT_SMTP_FROM", "chat@localhost", "CHAT_SMTP_FROM must be one address"),
+        ("CHAT_ALLOWED_EMAILS", "ada@example.com, <eve@evil.test>", "CHAT_ALLOWED_EMAILS: '<eve"),
+        ("CHAT_ALLOWED_EMAIL_DOMAINS", "evil.test>", "CHAT_ALLOWED_EMAIL_DOMAINS: 'evil.test>'"),
+        ("CHAT_ADMIN_EMAILS", "root", "CHAT_ADMIN_EMAILS: 'root' is not an email address"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_variable(
@@ -89,8 +106,9 @@ def test_secret_values_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "short-but-secret" not in str(caught.value)
-    monkeypatch.setenv("CHAT_SECRET_KEY", "k" * 40)
-    assert "k" * 40 not in repr(load_settings())
+    key = secrets.token_urlsafe(48)
+    monkeypatch.setenv("CHAT_SECRET_KEY", key)
+    assert key not in repr(load_settings())
 
 
 def test_generated_secret_key_is_private_and_reused(tmp_path: Path) -> None:
@@ -113,3 +131,66 @@ def test_every_setting_is_documented_in_the_readme_and_env_example() -> None:
         # The README's table abbreviates a family: `CHAT_SMTP_HOST` / `_PORT` / ...
         suffix = "_" + variable.split("_", 2)[2]
         assert f"`{variable}`" in readme or f"`{suffix}`" in readme, variable
+
+
+WEAK_SECRETS = [
+    " " * 40,
+    "a" * 32,
+    "ab" * 32,
+    "password" * 4,
+    "0123456789abcdef" * 2,
+    "Aa1!" * 10,
+]
+
+
+@pytest.mark.parametrize("weak", WEAK_SECRETS)
+def test_low_entropy_secret_keys_are_refused(monkeypatch: pytest.MonkeyPatch, weak: str) -> None:
+    monkeypatch.setenv("CHAT_SECRET_KEY", weak)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("CHAT_SECRET_KEY: ")
+    assert "\n" not in message
+    assert weak.strip() == "" or weak not in message
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        TEST_SECRET,
+        "browser-test-secret-" + "k" * 32,
+        "multiworker-secret-" + "k" * 32,
+        secrets.token_urlsafe(48),
+        secrets.token_urlsafe(32),
+        secrets.token_hex(32),
+    ],
+)
+def test_keys_people_generate_are_accepted(monkeypatch: pytest.MonkeyPatch, good: str) -> None:
+    monkeypatch.setenv("CHAT_SECRET_KEY", good)
+    assert load_settings().secret() == good
+
+
+@pytest.mark.parametrize("weak", [" " * 40, "a" * 32])
+def test_serve_refuses_a_weak_secret_key_with_one_line(tmp_path: Path, weak: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "quart_chat", "serve", "--workers", "1"],
+        env={"PATH": "/usr/bin:/bin", "CHAT_SECRET_KEY": weak, "CHAT_DATA_DIR": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("quart-chat: error: CHAT_SECRET_KEY: ")
+    assert weak.strip() == "" or weak not in result.stderr + result.stdout
+    assert not (tmp_path / "redis").exists()
+
+
+def test_a_weak_stored_key_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret_key").write_text("a" * 40 + "\n")
+    settings = Settings(_env_file=None, data_dir=tmp_path / "var")  # type: ignore[call-arg]
+    with pytest.raises(SettingsError, match="secret_key: the stored secret key is too weak"):
+        ensure_secret_key(settings)

@@ -10,7 +10,7 @@ from quart.testing import QuartClient
 from quart_chat.app import asset_dir, create_app
 from quart_chat.config import Settings, SettingsError
 
-from .conftest import make_settings
+from .conftest import TEST_SECRET, make_settings
 
 
 def test_factory_uses_the_given_settings(settings: Settings) -> None:
@@ -31,7 +31,7 @@ def test_factory_does_not_touch_redis_until_serving(tmp_path: Path) -> None:
 
 def test_factory_refuses_to_run_without_redis(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="CHAT_REDIS_URL"):
-        create_app(Settings(_env_file=None, data_dir=tmp_path, secret_key="s" * 40))  # type: ignore[call-arg]
+        create_app(Settings(_env_file=None, data_dir=tmp_path, secret_key=TEST_SECRET))  # type: ignore[call-arg]
 
 
 def test_templates_and_static_are_found() -> None:

@@ -22,7 +22,7 @@ from quart_chat.config import Settings
 from quart_chat.sessions import SESSION_REVOKED_CHANNEL, SessionUser
 
 from ..conftest import make_settings
-from ..smtp import SmtpSink
+from ..smtp import SmtpSink, code_in
 
 EMAIL = "ada@example.com"
 SENT = {"status": "sent", "resend_after": 60}
@@ -402,6 +402,87 @@ async def test_malformed_email(client: QuartClient, email: object) -> None:
     response = await client.post("/login/code", json={"email": email})
     assert response.status_code == 422
     assert await response.get_json() == {"error": "invalid_email"}
+
+
+# Header syntax that turned into another recipient at the SMTP server.
+HOSTILE_ADDRESSES = [
+    "<attacker@evil.test>",
+    "Victim <attacker@evil.test>",
+    "attacker(x)@evil.test",
+    "attacker@evil.test (victim@allowed.test)",
+    "g:attacker@evil.test;",
+    "attacker,victim@example.com",
+    "victim@allowed.test, attacker@evil.test",
+    "victim<attacker>@allowed.test",
+    "@route.example:attacker@evil.test",
+    '"attacker@evil.test"@allowed.test',
+    "attacker@[127.0.0.1]",
+]
+
+
+@pytest.mark.parametrize("email", HOSTILE_ADDRESSES)
+@pytest.mark.parametrize("allowed_domains", [[], ["allowed.test"]])
+@pytest.mark.parametrize("as_form", [False, True])
+async def test_header_syntax_is_refused_and_mails_nobody(
+    start_app: StartApp, smtp: SmtpSink, email: str, allowed_domains: list[str], as_form: bool
+) -> None:
+    app, client = await start_app(allowed_email_domains=allowed_domains)
+    if as_form:
+        response = await client.post("/login/code", form={"email": email})
+    else:
+        response = await request_code(client, email)
+    assert response.status_code == 422
+    assert await response.get_json() == {"error": "invalid_email"}
+    await drain(app)
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "account"),
+    [
+        ("Ada@Example.COM", "ada@example.com"),
+        ("  ADA@example.com\t", "ada@example.com"),
+        ("ada@BÜCHER.example", "ada@xn--bcher-kva.example"),
+    ],
+)
+async def test_code_goes_only_to_the_normalised_address(
+    client: QuartClient, app: ChatApp, smtp: SmtpSink, typed: str, account: str
+) -> None:
+    assert (await request_code(client, typed)).status_code == 202
+    await asyncio.to_thread(smtp.wait_for_message, account)
+    await drain(app)
+    assert smtp.envelope_recipients == [[account]]
+    assert str(smtp.messages[0]["To"]) == account
+    code = code_in(smtp.messages[0])
+    # Any spelling of the address logs in to the same one account.
+    response = await client.post("/login", json={"email": typed.upper(), "code": code})
+    assert response.status_code == 200
+    assert (await (await client.get("/whoami")).get_json())["name"] == account.split("@")[0]
+
+
+async def test_allowlists_match_the_normalised_address(
+    redis: Redis, redis_url: str, tmp_path: Path, smtp: SmtpSink
+) -> None:
+    settings = make_settings(
+        redis_url,
+        tmp_path / "var",
+        **smtp_settings(smtp),
+        allowed_emails="Ada@Example.com",
+        allowed_email_domains="Bücher.example",
+    )
+    app = build_app(settings)
+    async with app.test_app():
+        await check_allowlists(app, smtp)
+
+
+async def check_allowlists(app: ChatApp, smtp: SmtpSink) -> None:
+    client = app.test_client()
+    for email in ("ADA@example.COM", "bob@xn--bcher-kva.example", "eve@example.com"):
+        assert (await request_code(client, email)).status_code == 202
+    await asyncio.to_thread(smtp.wait_for_message, "bob@xn--bcher-kva.example")
+    await asyncio.to_thread(smtp.wait_for_message, "ada@example.com")
+    await drain(app)
+    assert sorted(smtp.envelope_recipients) == [["ada@example.com"], ["bob@xn--bcher-kva.example"]]
 
 
 async def test_body_that_is_not_an_object(client: QuartClient) -> None:
