@@ -15,7 +15,6 @@ from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .errors import register_error_handlers
 from .hub import ChatHub
-from .mail import make_mailer
 from .security import add_security_headers
 from .sessions import SessionUser
 from .storage import open_redis
@@ -62,7 +61,6 @@ def create_app(settings: Settings | None = None) -> ChatApp:
     # One QuartAuth per app rather than a module-level one: init_app copies the
     # cookie settings onto the extension, and tests build apps with different ones.
     quart_auth = QuartAuth(app, user_class=SessionUser)
-    app.mailer = make_mailer(settings)
 
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(auth.blueprint)

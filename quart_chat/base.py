@@ -1,4 +1,4 @@
-"""The Quart subclass that carries this app's settings, Redis pool and mailer."""
+"""The Quart subclass that carries this app's settings, Redis pool and chat hub."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .hub import ChatHub
-    from .mail import Mailer
 
 
 class ChatApp(Quart):
     settings: Settings
-    mailer: Mailer
     # Set in `before_serving`, closed in `after_serving`; never per request.
     redis: Redis
-    # The worker's pub/sub listener, presence and history, shared by its WebSockets.
+    # The worker's pub/sub listener, presence, history and mail outbox drainer.
     hub: ChatHub
 
 

@@ -1,8 +1,10 @@
 """One-time login codes: issued, verified and burned in Redis.
 
-Only an HMAC of each code is stored, so a Redis dump does not hand out logins.
-Every check that must be atomic across workers (issue-or-wait, consume once,
-count a wrong try and burn) runs as one Lua script; the comparison of the
+Only an HMAC of each code is stored, so a Redis dump does not hand out logins;
+the code itself is in Redis only inside its queued mail (quart_chat/outbox.py),
+until that mail is sent or the code expires. Every check that must be atomic
+across workers (issue-and-queue-or-wait, reserve a try against the daily
+limit, consume once, burn) runs as one Lua script; the comparison of the
 HMACs themselves happens here, in constant time. Scripts use Redis 6.2
 commands only.
 """
@@ -15,23 +17,21 @@ import hmac
 import logging
 import re
 import secrets
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from .config import Settings
+from .mail import code_mail
+from .outbox import OUTBOX_STREAM, QUEUE_MAIL_LUA, mail_key, new_mail_id
 
 log = logging.getLogger(__name__)
 
 CODE_DIGITS = 6
 FAILURE_WINDOW_SECONDS = 24 * 3600
+CODE_MAIL_KIND = "login code"
 
 # ASCII digits only: `\d` would also accept other scripts' digits.
 _CODE_PATTERN = re.compile(r"[0-9]{6}")
-# Deliberately loose (the mail server is the real judge), but one address,
-# no whitespace or control characters that could reach a mail header.
-_EMAIL_PATTERN = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+")
-MAX_EMAIL_LENGTH = 254
 
 
 def _code_key(email: str) -> str:
@@ -46,6 +46,11 @@ def _failures_key(email: str) -> str:
     return f"login-code-failures:{email}"
 
 
+def _code_mail_key(email: str) -> str:
+    """Which queued mail carries the address's current code, so a new code drops it."""
+    return f"login-code-mail:{email}"
+
+
 class IssueOutcome(enum.StrEnum):
     ISSUED = "issued"
     RESEND_WAIT = "resend_wait"
@@ -53,16 +58,14 @@ class IssueOutcome(enum.StrEnum):
     LOCKED = "locked"
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedCode:
-    outcome: IssueOutcome
-    # The code to mail; set only when `outcome` is ISSUED.
-    code: str | None = None
-
-
-# KEYS: code, resend, failures. ARGV: mac, ttl, resend seconds, failure limit, allowed (1/0).
-# The lockout is checked first so a locked address behaves the same whether or not it is allowed.
-_ISSUE = """
+# KEYS: code, resend, failures, code mail pointer, new mail hash, outbox stream.
+# ARGV: mac, ttl, resend seconds, failure limit, allowed (1/0), mail id, mail, kind.
+# The lockout is checked first so a locked address behaves the same whether or
+# not it is allowed. The mail is queued here, not by the caller, so the caller
+# does the same work whatever the outcome.
+_ISSUE = (
+    QUEUE_MAIL_LUA
+    + """
 local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
 if failures >= tonumber(ARGV[4]) then return 'locked' end
 if ARGV[5] ~= '1' then return 'not_allowed' end
@@ -72,40 +75,54 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'mac', ARGV[1], 'attempts', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+-- The previous code no longer works: its mail, if still queued, is not sent.
+local previous = redis.call('GET', KEYS[4])
+if previous then redis.call('DEL', previous) end
+local release = ''
+if tonumber(ARGV[3]) > 0 then release = KEYS[2] end
+queue_mail(KEYS[5], KEYS[6], ARGV[6], ARGV[7], ARGV[8], ARGV[2], release)
+redis.call('SET', KEYS[4], KEYS[5], 'EX', ARGV[2])
 return 'issued'
 """
+)
 
-# KEYS: code. ARGV: the mac that was checked. Deletes only the code that was
-# compared, so of two concurrent logins with it exactly one gets 1.
+# KEYS: code, failures. ARGV: failure limit, failure window seconds.
+# Counts this try against the address's daily limit *before* it is checked, so
+# concurrent tries cannot all pass a limit they read before any was counted.
+# A try over the limit is refused and not kept, so the count stops at the
+# limit; a right code gives its count back (_CONSUME). Returns the count, or
+# -1 when locked, and the stored mac.
+_RESERVE = """
+local failures = redis.call('INCR', KEYS[2])
+if failures == 1 or redis.call('TTL', KEYS[2]) < 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+if failures > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[2])
+  return {-1, false}
+end
+return {failures, redis.call('HGET', KEYS[1], 'mac')}
+"""
+
+# KEYS: code, failures. ARGV: the mac that was checked. Deletes only the code
+# that was compared, so of two concurrent logins with it exactly one gets 1.
 _CONSUME = """
 if redis.call('HGET', KEYS[1], 'mac') == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('DECR', KEYS[2])
   return 1
 end
 return 0
 """
 
-# KEYS: code, failures. ARGV: max attempts, failure window seconds.
-# Returns the address's failure count in the current window.
+# KEYS: code. ARGV: max attempts. A wrong try also counts towards burning the code.
 _FAIL = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
   if attempts >= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
 end
-local failures = redis.call('INCR', KEYS[2])
-if failures == 1 or redis.call('TTL', KEYS[2]) < 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-return failures
+return 1
 """
-
-
-def normalize_email(raw: str) -> str | None:
-    """The address in the form codes and users are keyed by, or None if it is not one."""
-    email = raw.strip().lower()
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL_PATTERN.fullmatch(email):
-        return None
-    return email
 
 
 def is_well_formed_code(code: str) -> bool:
@@ -113,7 +130,8 @@ def is_well_formed_code(code: str) -> bool:
 
 
 def is_email_allowed(settings: Settings, email: str) -> bool:
-    """Whether `email` may log in; with both lists empty, anyone may."""
+    """Whether `email` (normalised, as the lists are) may log in; with both lists
+    empty, anyone may."""
     if not settings.allowed_emails and not settings.allowed_email_domains:
         return True
     domain = email.rpartition("@")[2]
@@ -129,56 +147,75 @@ def generate_code() -> str:
     return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
 
 
-async def issue_code(redis: Redis, settings: Settings, email: str) -> IssuedCode:
-    """Store a fresh code for `email` unless it is not allowed, locked or was sent one just now.
+async def issue_code(redis: Redis, settings: Settings, email: str) -> IssueOutcome:
+    """Store a fresh code for `email` and queue its mail, unless the address is not
+    allowed, locked, or was sent one just now.
 
-    Every outcome does the same work (one code, one HMAC, one script) so the
-    caller's response time does not tell them apart. A new code replaces the
-    previous one.
+    Every outcome does the same work (one code, its mail rendered, one HMAC, one
+    script, one log line) so the caller's response time does not tell them
+    apart. A new code replaces the previous one. `email` must be normalised.
     """
     code = generate_code()
+    mail = code_mail(email, code, settings.code_ttl_seconds)
+    mail_id = new_mail_id()
     result = await redis.eval(
         _ISSUE,
-        3,
+        6,
         _code_key(email),
         _resend_key(email),
         _failures_key(email),
+        _code_mail_key(email),
+        mail_key(mail_id),
+        OUTBOX_STREAM,
         code_mac(settings, email, code),
         settings.code_ttl_seconds,
         settings.code_resend_seconds,
         settings.code_failures_per_email_day,
         "1" if is_email_allowed(settings, email) else "0",
+        mail_id,
+        mail.to_json(),
+        CODE_MAIL_KIND,
     )
     outcome = IssueOutcome(result.decode() if isinstance(result, bytes) else result)
-    if outcome is IssueOutcome.LOCKED:
+    if outcome is IssueOutcome.ISSUED:
+        log.info("queued %s mail %s to %s", CODE_MAIL_KIND, mail_id, email)
+    elif outcome is IssueOutcome.RESEND_WAIT:
+        log.info("login code not sent to %s: one was sent within CHAT_CODE_RESEND_SECONDS", email)
+    elif outcome is IssueOutcome.LOCKED:
         log.warning(
             "login code not sent to %s: the address is locked after %d wrong codes within 24 h "
             "(CHAT_CODE_FAILURES_PER_EMAIL_DAY)",
             email,
             settings.code_failures_per_email_day,
         )
-    elif outcome is IssueOutcome.NOT_ALLOWED:
+    else:
         log.info(
             "login code not sent to %s: not in CHAT_ALLOWED_EMAILS / CHAT_ALLOWED_EMAIL_DOMAINS",
             email,
         )
-    return IssuedCode(outcome, code if outcome is IssueOutcome.ISSUED else None)
+    return outcome
 
 
 async def verify_code(redis: Redis, settings: Settings, email: str, code: str) -> bool:
     """True once for the right, unexpired, unburned code of an address that is not locked.
 
-    A wrong code counts towards burning the current code (CHAT_CODE_MAX_ATTEMPTS)
-    and towards the address's daily lockout (CHAT_CODE_FAILURES_PER_EMAIL_DAY).
+    Every well-formed try counts towards the address's daily lockout
+    (CHAT_CODE_FAILURES_PER_EMAIL_DAY) before it is checked, and only a right
+    one is given back; a wrong one also counts towards burning the current
+    code (CHAT_CODE_MAX_ATTEMPTS).
     """
     if not is_well_formed_code(code):
         return False
-    pipe = redis.pipeline(transaction=False)
-    pipe.hget(_code_key(email), "mac")
-    pipe.get(_failures_key(email))
-    stored, failures = await pipe.execute()
     limit = settings.code_failures_per_email_day
-    if failures is not None and int(failures) >= limit:
+    failures, stored = await redis.eval(
+        _RESERVE,
+        2,
+        _code_key(email),
+        _failures_key(email),
+        limit,
+        FAILURE_WINDOW_SECONDS,
+    )
+    if int(failures) < 0:
         log.warning(
             "login refused for %s: the address is locked (CHAT_CODE_FAILURES_PER_EMAIL_DAY)", email
         )
@@ -186,19 +223,14 @@ async def verify_code(redis: Redis, settings: Settings, email: str, code: str) -
     expected = code_mac(settings, email, code).encode()
     # Compare against a stand-in when there is no code, so both paths take the same time.
     matches = hmac.compare_digest(stored or b"\0" * len(expected), expected)
-    if stored is not None and matches and await redis.eval(_CONSUME, 1, _code_key(email), expected):
+    if (
+        stored is not None
+        and matches
+        and await redis.eval(_CONSUME, 2, _code_key(email), _failures_key(email), expected)
+    ):
         return True
-    failures = int(
-        await redis.eval(
-            _FAIL,
-            2,
-            _code_key(email),
-            _failures_key(email),
-            settings.code_max_attempts,
-            FAILURE_WINDOW_SECONDS,
-        )
-    )
-    if failures == limit:
+    await redis.eval(_FAIL, 1, _code_key(email), settings.code_max_attempts)
+    if int(failures) == limit:
         log.warning(
             "login code for %s locked for 24 h: %d wrong codes (CHAT_CODE_FAILURES_PER_EMAIL_DAY)",
             email,

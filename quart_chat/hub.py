@@ -11,6 +11,8 @@ from redis.exceptions import RedisError
 from .broker import PRESENCE_CHANNEL, Broker
 from .config import Settings
 from .history import RoomHistory
+from .mail import make_mailer
+from .outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from .presence import PresenceTracker
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,12 @@ class ChatHub:
         self.broker = Broker(redis_url, redis)
         self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
         self.history = RoomHistory(redis, settings.history_per_room)
+        self.outbox = MailOutbox(
+            redis,
+            make_mailer(settings),
+            self.broker.worker_id,
+            claim_idle_seconds=settings.smtp_timeout_seconds + CLAIM_MARGIN_SECONDS,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -33,6 +41,7 @@ class ChatHub:
             asyncio.create_task(self.broker.listen(), name="chat-pubsub"),
             asyncio.create_task(self.broker.sweep_sessions(), name="chat-session-sweep"),
             asyncio.create_task(self.presence.run(), name="chat-presence"),
+            asyncio.create_task(self.outbox.run(), name="mail-outbox"),
         ]
         # Serve at once if Redis is down; sockets are refused until it is back.
         try:

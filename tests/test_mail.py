@@ -1,4 +1,7 @@
-"""The code email, sent by the real SMTP mailer to a real SMTP server."""
+"""The code email, sent by the real SMTP mailer to a real SMTP server.
+
+The mailer raises when a send fails; the outbox (tests/test_outbox.py) logs and retries.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from quart_chat.config import Settings
-from quart_chat.mail import SmtpMailer, deliver_code
+from quart_chat.mail import OutgoingMail, SmtpMailer, code_mail
 
 from .conftest import make_settings
 from .servers import free_port
@@ -27,7 +31,7 @@ async def test_smtp_mailer_delivers_plain_and_html(smtp: SmtpSink, tmp_path: Pat
         smtp_security="none",
         smtp_from=env["CHAT_SMTP_FROM"],
     )
-    await SmtpMailer(settings).send_code("ada@example.com", "123456", 600)
+    await SmtpMailer(settings).send(code_mail("ada@example.com", "123456", 600))
     message = smtp.wait_for_message("ada@example.com")
     assert code_in(message) == "123456"
     assert "quart-chat" in str(message["Subject"])
@@ -84,45 +88,57 @@ async def test_starttls_delivers(starttls_smtp: SmtpSink, tmp_path: Path) -> Non
     client_context.check_hostname = False
     client_context.verify_mode = ssl.CERT_NONE
     settings = mailer_settings(starttls_smtp, tmp_path, "starttls")
-    await SmtpMailer(settings, tls_context=client_context).send_code(
-        "ada@example.com", "654321", 600
+    await SmtpMailer(settings, tls_context=client_context).send(
+        code_mail("ada@example.com", "654321", 600)
     )
     assert code_in(starttls_smtp.wait_for_message("ada@example.com")) == "654321"
 
 
 async def test_starttls_verifies_the_certificate_by_default(
-    starttls_smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    starttls_smtp: SmtpSink, tmp_path: Path
 ) -> None:
     settings = mailer_settings(starttls_smtp, tmp_path, "starttls")
-    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
-    assert "could not send the login code to ada@example.com" in caplog.text
-    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        await SmtpMailer(settings).send(code_mail("ada@example.com", "654321", 600))
     assert starttls_smtp.messages == []
 
 
 async def test_plain_mailer_refused_by_a_server_that_requires_starttls(
-    starttls_smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    starttls_smtp: SmtpSink, tmp_path: Path
 ) -> None:
     settings = mailer_settings(starttls_smtp, tmp_path, "none")
-    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
-    assert "could not send the login code to ada@example.com" in caplog.text
-    assert "STARTTLS" in caplog.text
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="STARTTLS"):
+        await SmtpMailer(settings).send(code_mail("ada@example.com", "654321", 600))
     assert starttls_smtp.messages == []
 
 
-async def test_starttls_is_required_not_opportunistic(
-    smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_starttls_is_required_not_opportunistic(smtp: SmtpSink, tmp_path: Path) -> None:
     # A server that does not offer STARTTLS must not get the code in plain text.
     settings = mailer_settings(smtp, tmp_path, "starttls")
-    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
-    assert "could not send the login code to ada@example.com" in caplog.text
+    with pytest.raises(aiosmtplib.SMTPException, match="STARTTLS"):
+        await SmtpMailer(settings).send(code_mail("ada@example.com", "654321", 600))
     assert smtp.messages == []
 
 
-async def test_smtp_down_is_logged_not_raised(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_envelope_is_the_given_recipients_never_the_header(
+    smtp: SmtpSink, tmp_path: Path
 ) -> None:
+    """aiosmtplib reads recipients from To/Cc/Bcc when none are given: the mailer
+    always gives them, so a header can never add one."""
+    settings = mailer_settings(smtp, tmp_path, "none")
+    mail = OutgoingMail(to=("ada@example.com",), subject="hello", text="hi", html=None)
+    await SmtpMailer(settings).send(mail)
+    await SmtpMailer(settings).send(
+        OutgoingMail(to=("bob@example.com", "eve@example.com"), subject="s", text="t")
+    )
+    assert smtp.envelope_recipients == [
+        ["ada@example.com"],
+        ["bob@example.com", "eve@example.com"],
+    ]
+    assert smtp.messages[0].get_body(preferencelist=("html",)) is None
+
+
+async def test_smtp_down_raises_a_connect_error(tmp_path: Path) -> None:
     settings = make_settings(
         "redis://127.0.0.1:1/0",
         tmp_path,
@@ -131,5 +147,5 @@ async def test_smtp_down_is_logged_not_raised(
         smtp_security="none",
         smtp_from="chat@example.test",
     )
-    await deliver_code(SmtpMailer(settings), "ada@example.com", "654321", 600)
-    assert "could not send the login code to ada@example.com: SMTPConnectError" in caplog.text
+    with pytest.raises(aiosmtplib.SMTPConnectError):
+        await SmtpMailer(settings).send(code_mail("ada@example.com", "654321", 600))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import cast
+from typing import TypeGuard, cast
 from urllib.parse import urlencode, urlsplit
 
 from quart import (
@@ -23,10 +23,10 @@ from quart import (
 )
 from quart_auth import Unauthorized, current_user, login_user, logout_user
 
+from ..addresses import normalize_email
 from ..base import get_app
-from ..codes import IssueOutcome, is_well_formed_code, issue_code, normalize_email, verify_code
+from ..codes import is_well_formed_code, issue_code, verify_code
 from ..errors import APIError
-from ..mail import deliver_code
 from ..ratelimit import hit_limit
 from ..security import is_allowed_origin, safe_redirect_target
 from ..sessions import SessionUser, create_session, get_or_create_user, revoke_session
@@ -70,13 +70,8 @@ async def request_code() -> tuple[dict[str, object], int]:
     email = normalize_email(fields["email"])
     if email is None:
         raise APIError(422, "invalid_email")
-    issued = await issue_code(app.redis, settings, email)
-    if issued.outcome is IssueOutcome.ISSUED:
-        assert issued.code is not None
-        # Sent after the response: SMTP latency or failure must not show in the answer.
-        app.add_background_task(
-            deliver_code, app.mailer, email, issued.code, settings.code_ttl_seconds
-        )
+    # The code's mail goes through the outbox; nothing here depends on the outcome.
+    await issue_code(app.redis, settings, email)
     return {"status": "sent", "resend_after": settings.code_resend_seconds}, 202
 
 
@@ -145,12 +140,26 @@ async def limit_client(action: str, limit: int) -> None:
 
 
 async def read_fields(*names: str) -> dict[str, str]:
-    """The named string fields of a JSON object or form body; anything else reads as ""."""
+    """The named string fields of a JSON object or form body; anything else reads as "".
+
+    That includes strings with lone surrogates, which JSON can carry but which
+    are not text: no header, Redis key or response could encode them.
+    """
     data = await request.get_json(silent=True) if request.is_json else await request.form
     if not isinstance(data, Mapping):
         data = {}
     values = {name: data.get(name) for name in names}
-    return {name: value if isinstance(value, str) else "" for name, value in values.items()}
+    return {name: value if is_text(value) else "" for name, value in values.items()}
+
+
+def is_text(value: object) -> TypeGuard[str]:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cookie_will_be_dropped() -> bool:
