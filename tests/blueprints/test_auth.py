@@ -724,3 +724,123 @@ async def test_console_mailer_logs_the_code_never_answers_it(
     outbox_lines = [r.getMessage() for r in caplog.records if r.name == "quart_chat.outbox"]
     assert any("sent login code mail" in line for line in outbox_lines)
     assert not any(code in line for line in outbox_lines)
+
+
+# --- text that is not text ----------------------------------------------------
+
+SURROGATES = ["\ud800@example.com", "ada@exa\udc00mple.com", "ada\udfff@example.com"]
+
+
+@pytest.mark.parametrize("email", SURROGATES)
+async def test_lone_surrogate_in_the_email_is_invalid_email(
+    client: QuartClient, app: ChatApp, smtp: SmtpSink, caplog: pytest.LogCaptureFixture, email: str
+) -> None:
+    response = await request_code(client, email)
+    assert response.status_code == 422
+    assert await response.get_json() == {"error": "invalid_email"}
+    response = await client.post("/login", json={"email": email, "code": "123456"})
+    assert response.status_code == 400
+    assert await response.get_json() == {"error": "invalid_code"}
+    await drain(app)
+    assert smtp.messages == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_undecodable_form_fields_are_invalid(client: QuartClient) -> None:
+    # Percent-encoded bytes of a lone surrogate: not UTF-8, so never an address.
+    response = await client.post(
+        "/login/code",
+        data=b"email=%ED%A0%80%40example.com",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 422
+    assert await response.get_json() == {"error": "invalid_email"}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"code": "12345\ud800"},
+        {"code": "\ud800" * 6},
+        {"next": "/rooms/\ud800"},
+    ],
+)
+async def test_lone_surrogates_in_other_login_fields(
+    client: QuartClient, smtp: SmtpSink, caplog: pytest.LogCaptureFixture, fields: dict[str, str]
+) -> None:
+    await request_code(client)
+    code = await read_code(smtp)
+    body = {"email": EMAIL, "code": code, **fields}
+    response = await client.post("/login", json=body)
+    if "code" in fields:
+        assert response.status_code == 400
+        assert await response.get_json() == {"error": "invalid_code"}
+        # The code was not used up by the bad try.
+        response = await client.post("/login", json={"email": EMAIL, "code": code})
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 200
+        assert await response.get_json() == {"status": "ok", "redirect": "/"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- every outcome looks the same from outside -------------------------------
+
+
+CONNECTION_SETUP = {"HELLO", "CLIENT", "SELECT", "AUTH"}
+
+
+async def test_every_outcome_does_the_same_work_in_the_request(
+    start_app: StartApp, redis: Redis, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the request for a code does must not depend on who gets one: the same
+    Redis commands, one log line, and nothing left running in the worker (before the
+    outbox, the send started in the answering worker and was 2-3 ms slower;
+    bench/login_timing.py measures that)."""
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    app, client = await start_app(
+        allowed_email_domains=["allowed.test"], code_failures_per_email_day=5
+    )
+    await redis.set("login-code-failures:locked@allowed.test", 5)
+    assert (await request_code(client, "again@allowed.test")).status_code == 202
+    await drain(app)
+    # Park this worker's drainer so its polls do not mix into the requests' commands.
+    app.hub.outbox.poll_seconds = 3600
+    await asyncio.sleep(1.0)
+    outcomes = {
+        "issued": "new@allowed.test",
+        "not_allowed": "eve@elsewhere.test",
+        "resend_wait": "again@allowed.test",
+        "locked": "locked@allowed.test",
+    }
+    seen: dict[str, list[str]] = {}
+    log_lines: dict[str, int] = {}
+    async with redis.monitor() as monitor:
+        for outcome, email in outcomes.items():
+            before = len(caplog.records)
+            response = await request_code(client, email)
+            assert (response.status_code, await response.get_json()) == (202, SENT)
+            assert not app.background_tasks, outcome
+            log_lines[outcome] = sum(
+                1 for r in caplog.records[before:] if r.name.startswith("quart_chat")
+            )
+            marker = f"end-of-{outcome}"
+            await redis.echo(marker)
+            commands = []
+            while True:
+                info = await monitor.next_command()
+                command = str(info["command"])
+                if command == f"ECHO {marker}":
+                    break
+                name = command.split(" ", 1)[0].upper()
+                # Lua's own calls differ by outcome inside the one script; a new
+                # pool connection's handshake depends on the pool, not the outcome.
+                if info["client_type"] != "lua" and name not in CONNECTION_SETUP:
+                    commands.append(name)
+            seen[outcome] = commands
+    assert seen["issued"] == ["EVAL", "EVAL"]  # the per-IP limit, then issue-and-queue
+    assert all(commands == seen["issued"] for commands in seen.values()), seen
+    assert set(log_lines.values()) == {1}, log_lines
+    # Only the one address that gets a code has mail waiting.
+    assert await redis.xlen(OUTBOX_STREAM) == 1
+    assert len(await redis.keys("mail:*")) == 2  # the stream and that one mail
