@@ -28,6 +28,16 @@ class _Inbox:
         self.envelope_recipients: list[list[str]] = []
         self.by_recipient: dict[str, list[EmailMessage]] = {}
         self.arrived = threading.Condition()
+        # Recipients refused with a permanent 550, as a server does for unknown mailboxes.
+        self.refused: set[str] = set()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.lower() in self.refused:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.content, bytes)
@@ -56,13 +66,20 @@ class SmtpSink:
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=True)
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.started = False
 
     def start(self) -> SmtpSink:
         self.controller.start()
+        self.started = True
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.started:
+            self.controller.stop()
+            self.started = False
+        else:
+            # A sink that never started (a server that is "down") still owns a loop.
+            self.controller.loop.close()
 
     @property
     def messages(self) -> list[EmailMessage]:

@@ -844,3 +844,18 @@ async def test_every_outcome_does_the_same_work_in_the_request(
     # Only the one address that gets a code has mail waiting.
     assert await redis.xlen(OUTBOX_STREAM) == 1
     assert len(await redis.keys("mail:*")) == 2  # the stream and that one mail
+
+
+async def test_a_refused_mail_does_not_block_a_new_code(
+    client: QuartClient, app: ChatApp, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Giving up on a mail ends the resend window, so asking again works at once
+    (a mail still being retried keeps the window: it will arrive)."""
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    smtp.inbox.refused.add(EMAIL)
+    assert (await request_code(client)).status_code == 202
+    await wait_for_log(caplog, r"gave up on login code mail \w+ to ada@example.com after 1 attempt")
+    smtp.inbox.refused.clear()
+    assert (await request_code(client)).status_code == 202
+    code = await read_code(smtp)
+    assert (await client.post("/login", json={"email": EMAIL, "code": code})).status_code == 200
