@@ -60,6 +60,9 @@ RETRY_CAP_SECONDS = 30.0
 # unsettled entry counts as abandoned by a dead worker.
 CLAIM_MARGIN_SECONDS = 10.0
 REDIS_BACKOFF_SECONDS = (0.5, 10.0)
+# Every worker start adds a consumer to the group; one that has held nothing
+# for this long is a worker that is gone (a live one reads every POLL_SECONDS).
+FORGET_CONSUMER_SECONDS = 3600.0
 
 
 def mail_key(mail_id: str) -> str:
@@ -194,6 +197,7 @@ class MailOutbox:
         retry_base_seconds: float = RETRY_BASE_SECONDS,
         retry_cap_seconds: float = RETRY_CAP_SECONDS,
         batch: int = BATCH,
+        forget_consumer_seconds: float = FORGET_CONSUMER_SECONDS,
     ) -> None:
         self.redis = redis
         self.mailer = mailer
@@ -203,16 +207,22 @@ class MailOutbox:
         self.retry_base_seconds = retry_base_seconds
         self.retry_cap_seconds = retry_cap_seconds
         self.batch = batch
+        self.forget_consumer_ms = int(forget_consumer_seconds * 1000)
 
     async def run(self) -> None:
         pause = REDIS_BACKOFF_SECONDS[0]
         while True:
             try:
                 await self.create_group()
+                await self.forget_gone_consumers()
+                forgot_at = time.monotonic()
                 while True:
                     handled = await self.drain_once()
                     raise_if_cancelled()
                     pause = REDIS_BACKOFF_SECONDS[0]
+                    if time.monotonic() - forgot_at > self.forget_consumer_ms / 1000:
+                        await self.forget_gone_consumers()
+                        forgot_at = time.monotonic()
                     if handled < self.batch:
                         await asyncio.sleep(self.poll_seconds)
             except (RedisError, OSError) as error:
@@ -228,6 +238,13 @@ class MailOutbox:
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+
+    async def forget_gone_consumers(self) -> None:
+        """Remove consumers of workers that are gone and hold nothing. (Deleting a
+        consumer would drop its pending entries, hence `pending == 0`.)"""
+        for consumer in await self.redis.xinfo_consumers(OUTBOX_STREAM, GROUP):
+            if consumer["pending"] == 0 and consumer["idle"] > self.forget_consumer_ms:
+                await self.redis.xgroup_delconsumer(OUTBOX_STREAM, GROUP, consumer["name"])
 
     async def drain_once(self) -> int:
         """Send what is due now: retries, entries a dead worker left, new mail."""

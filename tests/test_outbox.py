@@ -211,3 +211,18 @@ async def test_the_drainer_survives_losing_its_group(
         await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
         await asyncio.to_thread(smtp.wait_for_message, "ada@example.com")
     assert "mail outbox: Redis error" in caplog.text
+
+
+async def test_consumers_of_gone_workers_are_forgotten(
+    redis: Redis, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    survivor = outbox_for(redis, smtp, tmp_path, "survivor", forget_consumer_seconds=0.5)
+    await survivor.create_group()
+    await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
+    await redis.xreadgroup(GROUP, "gone-holding-mail", {OUTBOX_STREAM: ">"}, count=1)
+    await redis.xreadgroup(GROUP, "gone-idle", {OUTBOX_STREAM: ">"}, count=1)
+    await asyncio.sleep(0.6)
+    await survivor.forget_gone_consumers()
+    names = {c["name"].decode() for c in await redis.xinfo_consumers(OUTBOX_STREAM, GROUP)}
+    # The one that still holds a mail stays until that mail is claimed from it.
+    assert names == {"gone-holding-mail"}
