@@ -41,17 +41,25 @@ class User:
         return {"id": self.id, "name": self.name}
 
 
+# KEYS: users-by-email, the new user. ARGV: email, new id, name. Claims the
+# address for the new id and writes the user in one step, so a concurrent first
+# login of the same address never finds the id without its user.
+_CLAIM_USER = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'email', ARGV[1], 'name', ARGV[3])
+  return ARGV[2]
+end
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+
 async def get_or_create_user(redis: Redis, email: str) -> User:
     email = email.lower()
     new_id = secrets.token_hex(8)
-    # HSETNX makes two first logins of the same address agree on one id.
-    await redis.hsetnx(USERS_BY_EMAIL, email, new_id)
-    stored_id = await redis.hget(USERS_BY_EMAIL, email)
-    assert stored_id is not None
-    user_id = as_text(stored_id)
-    if user_id == new_id:
-        await redis.hset(_user_key(user_id), mapping={"email": email, "name": email.split("@")[0]})
-    user = await get_user(redis, user_id)
+    stored_id = await redis.eval(
+        _CLAIM_USER, 2, USERS_BY_EMAIL, _user_key(new_id), email, new_id, email.split("@")[0]
+    )
+    user = await get_user(redis, as_text(stored_id))
     assert user is not None
     return user
 
