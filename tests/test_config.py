@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import stat
 import subprocess
 import sys
@@ -172,19 +174,27 @@ def test_keys_people_generate_are_accepted(monkeypatch: pytest.MonkeyPatch, good
 
 @pytest.mark.parametrize("weak", [" " * 40, "a" * 32])
 def test_serve_refuses_a_weak_secret_key_with_one_line(tmp_path: Path, weak: str) -> None:
-    result = subprocess.run(
+    # Its own session, so that a server which wrongly starts is stopped whole.
+    process = subprocess.Popen(
         [sys.executable, "-m", "quart_chat", "serve", "--workers", "1"],
         env={"PATH": "/usr/bin:/bin", "CHAT_SECRET_KEY": weak, "CHAT_DATA_DIR": str(tmp_path)},
         cwd=tmp_path,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=30,
+        start_new_session=True,
     )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("quart-chat serve started with a weak CHAT_SECRET_KEY")
+    assert process.returncode == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("quart-chat: error: CHAT_SECRET_KEY: ")
-    assert weak.strip() == "" or weak not in result.stderr + result.stdout
+    assert weak.strip() == "" or weak not in stderr + stdout
     assert not (tmp_path / "redis").exists()
 
 
