@@ -15,7 +15,8 @@ lifetime), and appends `<id>` to the stream `mail:outbox`. Every worker runs
 - An entry a worker read but never settled (the worker died) is claimed by
   another with XAUTOCLAIM once it has been idle longer than one whole send may
   take. So every mail is delivered once, unless a worker dies between the SMTP
-  server's "250 OK" and the acknowledgement, when it may be sent twice.
+  server's "250 OK" and the acknowledgement, when it may be sent twice. A
+  worker that is stopped mid-send hands the entry back at once instead.
 - A mail whose hash is gone when its turn comes was replaced (a newer code
   for the same address) or expired; it is dropped.
 
@@ -136,6 +137,19 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 local release = redis.call('HGET', KEYS[2], 'release')
 if release and release ~= '' then redis.call('DEL', release) end
 redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+# KEYS: stream. ARGV: group, entry, consumer, id. Hands an entry this worker
+# holds back to every worker, as a new entry: for a worker that stops mid-send.
+_REQUEUE = (
+    _OWNS
+    + """
+if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[4])
 return 1
 """
 )
@@ -290,6 +304,14 @@ class MailOutbox:
             mail = OutgoingMail.from_json(stored[b"mail"])
             recipients = ", ".join(mail.to)
             await self.mailer.send(mail)
+        except asyncio.CancelledError:
+            # The worker is stopping: hand the mail on now rather than leave it
+            # to be claimed after the timeout meant for dead workers.
+            await asyncio.shield(
+                self.redis.eval(_REQUEUE, 1, OUTBOX_STREAM, GROUP, entry_id, self.consumer, mail_id)
+            )
+            log.info("handed %s mail %s to %s back to the outbox", kind, mail_id, recipients)
+            raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             await self._failed(entry_id, mail_id, kind, recipients, attempt, error)
             return

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -226,3 +227,29 @@ async def test_consumers_of_gone_workers_are_forgotten(
     names = {c["name"].decode() for c in await redis.xinfo_consumers(OUTBOX_STREAM, GROUP)}
     # The one that still holds a mail stays until that mail is claimed from it.
     assert names == {"gone-holding-mail"}
+
+
+async def test_a_stopping_worker_hands_its_mail_on_at_once(
+    redis: Redis, smtp: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    with socket.socket() as silent:  # an SMTP server that never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hung = SmtpSink()
+        hung.port = silent.getsockname()[1]
+        stopping = outbox_for(redis, hung, tmp_path, "stopping", claim_idle_seconds=30)
+        hung.stop()
+        await stopping.create_group()
+        await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
+        async with draining(stopping):
+            async with asyncio.timeout(5):
+                while not (await redis.xpending(OUTBOX_STREAM, GROUP))["pending"]:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # it is waiting for the silent server's greeting
+    assert "handed test mail" in caplog.text
+    # Another worker sends it now, long before the 30 s claim timeout.
+    async with draining(outbox_for(redis, smtp, tmp_path, "other", claim_idle_seconds=30)):
+        await asyncio.to_thread(smtp.wait_for_message, "ada@example.com", 1, 5.0)
+        await settled(redis)
+    assert len(smtp.messages) == 1
