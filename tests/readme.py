@@ -1,6 +1,6 @@
 """The README's shell commands, read from README.md, so what it tells people to run is tested.
 
-tests/test_readme.py runs the "Run it" command; CI (`.ci/run`) runs the "Test it"
+tests/browser/test_readme.py runs the "Run it" command; CI (`.ci/run`) runs the "Test it"
 command's set-up and then its test step. Standard library only: CI calls this
 with the system Python before any virtualenv exists:
 

@@ -27,9 +27,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect
 
-from .browser.conftest import CHROMIUM, CHROMIUM_ARGS, message_texts, unique
-from .readme import README, command
-from .servers import process_alive, wait_for
+from ..readme import README, command
+from ..servers import process_alive, wait_for
+from .conftest import message_texts, unique
 
 REPO = README.parent
 # pip installs the package into a new virtualenv first: minutes on a slow mirror.
@@ -192,23 +192,6 @@ def readme_server(tmp_path: Path) -> Iterator[ReadmeServer]:
         server.shell.wait(30)
 
 
-@pytest.fixture
-def chromium() -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing; install it with `apt-get install chromium`"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def log_in(browser: Browser, server: ReadmeServer, email: str) -> tuple[Page, list[str]]:
     """A person's login through the page, with the code from the server's log; also returns
     the `X-Chat-Worker` of every chat socket the page opens, in order."""
@@ -265,7 +248,7 @@ def shown_once(page: Page, text: str) -> None:
 
 @pytest.mark.timeout(START_SECONDS + 300)
 def test_the_readme_run_command_works_for_two_people(
-    readme_server: ReadmeServer, chromium: Browser
+    readme_server: ReadmeServer, browser: Browser
 ) -> None:
     server = readme_server
     server.wait_serving()
@@ -276,13 +259,13 @@ def test_the_readme_run_command_works_for_two_people(
     assert "CHAT_SMTP_HOST is not set" in log
     assert "CHAT_REDIS_URL is not set: started the embedded Redis" in log
 
-    alice, alice_sockets = log_in(chromium, server, "alice@example.test")
+    alice, alice_sockets = log_in(browser, server, "alice@example.test")
     # The README: "--workers ... (default: CPU count)".
     expected_workers = os.cpu_count() or 1
     assert len(worker_ids(server, alice, 40)) == expected_workers, server.log()
 
     # Across workers: bob's page reloads until its socket is on another one than alice's.
-    bob, bob_sockets = log_in(chromium, server, "bob@example.test")
+    bob, bob_sockets = log_in(browser, server, "bob@example.test")
     for _ in range(30):
         if expected_workers < 2 or bob_sockets[-1] != alice_sockets[-1]:
             break
