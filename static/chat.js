@@ -13,6 +13,15 @@ const ACK_TIMEOUT_MS = 10_000;
 const GROUP_GAP_MS = 5 * 60_000;
 const BACKOFF_BASE_MS = 1_000;
 const BACKOFF_CAP_MS = 30_000;
+// The agreed heartbeat: a ping this often while connected, and a socket that
+// returns no frame within PONG_TIMEOUT_MS of one is dead.
+const HEARTBEAT_MS = 10_000;
+const PONG_TIMEOUT_MS = 5_000;
+// 1001 going away, 1012 service restart: the server asks us to come back now.
+const RESTART_CODES = new Set([1001, 1012]);
+const RESTART_JITTER_MS = 1_000;
+// What a browser reports for a connection that ended without a close frame.
+const CLOSE_ABNORMAL = 1006;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 120;
 
@@ -40,6 +49,8 @@ const state = {
   attempt: 0,
   reconnectTimer: null,
   countdownTimer: null,
+  heartbeatTimer: null,
+  pongTimer: null, // set while a ping waits for any frame
   me: null,
   lastId: null, // newest stream id seen; `join after` resumes from it
   oldestId: null, // oldest stream id shown; `history before` pages from it
@@ -314,11 +325,11 @@ function renderOnline() {
 
 // ---- connection ---------------------------------------------------------------
 
-function setConnection(kind, text) {
+function setConnection(kind, text, canRetryNow = false) {
   connection.dataset.state = kind;
   root.dataset.connection = kind; // the online list is stale while disconnected
   connectionText.textContent = text;
-  reconnectNow.hidden = !(kind === "reconnecting" || kind === "offline");
+  reconnectNow.hidden = !canRetryNow;
 }
 
 function showNotice(text) {
@@ -335,28 +346,70 @@ function send(frame) {
 }
 
 function connect() {
-  clearTimeout(state.reconnectTimer);
-  clearInterval(state.countdownTimer);
+  cancelReconnect();
   if (state.socket) return;
-  setConnection(state.attempt === 0 ? "connecting" : "reconnecting", state.attempt === 0 ? "Connecting…" : "Reconnecting…");
+  if (state.me === null && state.attempt === 0) setConnection("connecting", "Connecting…");
+  else setConnection("reconnecting", "Reconnecting…");
   const url = new URL(WS_PATH, location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(url);
   let opened = false;
   state.socket = socket;
-  socket.addEventListener("open", () => (opened = true));
+  // A socket that was dropped (see abandon) may still report events: ignore them.
+  socket.addEventListener("open", () => {
+    opened = true;
+    if (socket === state.socket) startHeartbeat();
+  });
   socket.addEventListener("message", (event) => {
-    if (socket === state.socket) handleFrame(event.data);
+    if (socket !== state.socket) return;
+    heard();
+    handleFrame(event.data);
   });
   socket.addEventListener("close", (event) => {
     if (socket === state.socket) closed(event.code, opened);
   });
 }
 
+// ---- heartbeat: a socket can die without closing ----------------------------
+// A laptop that sleeps or changes network leaves a socket neither side has
+// closed: the page would say "Connected" for minutes while nothing arrives. The
+// server answers a ping with a pong; any frame at all proves the socket alive.
+
+function startHeartbeat() {
+  stopHeartbeat();
+  state.heartbeatTimer = setInterval(ping, HEARTBEAT_MS);
+}
+
+function stopHeartbeat() {
+  clearInterval(state.heartbeatTimer);
+  heard();
+}
+
+function ping() {
+  send({ type: "ping" });
+  if (state.pongTimer === null) state.pongTimer = setTimeout(abandon, PONG_TIMEOUT_MS);
+}
+
+function heard() {
+  clearTimeout(state.pongTimer);
+  state.pongTimer = null;
+}
+
+// Drops the current socket without waiting for its closing handshake, which a
+// dead network never completes.
+function abandon() {
+  const socket = state.socket;
+  if (!socket) return;
+  state.socket = null;
+  socket.close();
+  closed(CLOSE_ABNORMAL, true);
+}
+
 async function closed(code, opened) {
   state.socket = null;
   state.ready = false;
   state.loadingOlder = false;
+  stopHeartbeat();
   for (const entry of state.pending.values()) {
     clearTimeout(entry.timer);
     if (!entry.li.classList.contains("failed")) deliveryLine(entry, "Waiting for connection…", false);
@@ -370,10 +423,16 @@ async function closed(code, opened) {
     return;
   }
   if (!navigator.onLine) {
-    setConnection("offline", "Offline – waiting for the network");
+    showOffline();
     return;
   }
-  scheduleReconnect();
+  if (RESTART_CODES.has(code)) reconnectSoon();
+  else scheduleReconnect();
+}
+
+function showOffline() {
+  cancelReconnect();
+  setConnection("offline", "Offline – waiting for the network", true);
 }
 
 // A refused handshake (HTTP 401) looks like any failed connection to a page;
@@ -387,19 +446,32 @@ async function sessionGone() {
   }
 }
 
+// The server closed on purpose (restart, going away): come straight back, but
+// spread over a second so thousands of tabs do not arrive in the same millisecond.
+function reconnectSoon() {
+  state.attempt = 0;
+  setConnection("reconnecting", "Reconnecting…");
+  state.reconnectTimer = setTimeout(connect, Math.random() * RESTART_JITTER_MS);
+}
+
 function scheduleReconnect() {
-  // Exponential backoff with jitter, so a restarted server is not hit by every tab at once.
+  // Exponential backoff with full jitter, so a server that is down is not hit by every tab at once.
   const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+  const delay = Math.random() * ceiling;
   state.attempt += 1;
   const due = Date.now() + delay;
   const tick = () => {
     const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
-    setConnection("reconnecting", `Reconnecting in ${seconds}s…`);
+    setConnection("reconnecting", `Reconnecting in ${seconds}s…`, true);
   };
   tick();
   state.countdownTimer = setInterval(tick, 500);
   state.reconnectTimer = setTimeout(connect, delay);
+}
+
+function cancelReconnect() {
+  clearTimeout(state.reconnectTimer);
+  clearInterval(state.countdownTimer);
 }
 
 function handleFrame(data) {
@@ -515,11 +587,18 @@ reconnectNow.addEventListener("click", () => {
   state.attempt = Math.max(state.attempt, 1);
   connect();
 });
+// The browser knows before any heartbeat can: give up the socket at once, and
+// come back as soon as the network does (`join after` fills the gap).
 window.addEventListener("offline", () => {
-  if (!state.ready) setConnection("offline", "Offline – waiting for the network");
+  if (state.socket) abandon();
+  else showOffline();
 });
 window.addEventListener("online", () => {
-  if (!state.socket) connect();
+  if (state.ready) ping(); // the network changed under a live socket: is it still alive?
+  else if (!state.socket) {
+    state.attempt = 0;
+    connect();
+  }
 });
 
 setInterval(refreshTimes, 30_000);
