@@ -11,6 +11,7 @@ Cleanup is synchronous and in `finally`, so it runs on every path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
@@ -20,6 +21,7 @@ from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
 from .history import JOIN_LAST, Page
 from .hub import ChatHub
 from .protocol import (
+    BAD_REQUEST,
     RATE_LIMITED,
     ROOMS,
     UNAVAILABLE,
@@ -34,8 +36,9 @@ from .protocol import (
 )
 from .ratelimit import hit_limit
 from .sessions import User, session_exists
-from .storage import raise_if_cancelled
+from .storage import is_refusal, raise_if_cancelled
 
+log = logging.getLogger(__name__)
 SEND_WINDOW_SECONDS = 60
 
 
@@ -126,8 +129,14 @@ class ChatConnection:
                 self.subscriber.deliver(_history_frame(frame.room, page))
             elif isinstance(frame, Typing):
                 pass  # accepted and ignored until typing indicators exist
-        except (RedisError, OSError):
+        except (RedisError, OSError) as error:
             client_id = frame.client_id if isinstance(frame, Send) else None
+            if isinstance(error, RedisError) and is_refusal(error):
+                # The frame passed validation, so this is a gap in it: worth a look.
+                log.warning("Redis refused a %s frame: %s", type(frame).__name__, error)
+                raise FrameError(
+                    BAD_REQUEST, "the server cannot serve this request", client_id
+                ) from None
             raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
 
     async def _post(self, frame: Send) -> None:
