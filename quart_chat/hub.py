@@ -12,6 +12,7 @@ from .broker import PRESENCE_CHANNEL, Broker
 from .config import Settings
 from .history import RoomHistory
 from .presence import PresenceTracker
+from .socketcaps import SocketCaps
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ class ChatHub:
         self.broker = Broker(redis_url, redis)
         self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
         self.history = RoomHistory(redis, settings.history_per_room)
+        self.socket_caps = SocketCaps(
+            redis,
+            self.broker.worker_id,
+            settings.max_sockets_per_user,
+            settings.max_sockets_per_address,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -33,6 +40,7 @@ class ChatHub:
             asyncio.create_task(self.broker.listen(), name="chat-pubsub"),
             asyncio.create_task(self.broker.sweep_sessions(), name="chat-session-sweep"),
             asyncio.create_task(self.presence.run(), name="chat-presence"),
+            asyncio.create_task(self.socket_caps.run(), name="chat-socket-caps"),
         ]
         # Serve at once if Redis is down; sockets are refused until it is back.
         try:
@@ -54,3 +62,8 @@ class ChatHub:
                 await self.presence.withdraw()
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not withdraw presence at shutdown: %s", error)
+        try:
+            async with asyncio.timeout(STOP_WAIT_SECONDS):
+                await self.socket_caps.withdraw()
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not withdraw socket counts at shutdown: %s", error)
