@@ -188,9 +188,8 @@ class ChatConnection:
             self._backlog_window_end = now + BACKLOG_WINDOW_SECONDS
             self._backlog_count = 0
         self._backlog_count += 1
-        retry_after: int | None = None
         if self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
-            retry_after = max(1, math.ceil(self._backlog_window_end - now))
+            retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
         else:
             retry_after = await hit_limit(
                 self.hub.redis,
@@ -215,9 +214,11 @@ class ChatConnection:
         if broker.in_room(subscriber, frame.room):
             # It would only send the backlog again: the amplification of issue 12.
             raise FrameError(BAD_REQUEST, "already joined; use history for older messages")
-        await self._limit_backlog()
+        # Buffering starts before any await, so a message published while the
+        # limit is checked is not missed.
         broker.begin_join(subscriber, frame.room)
         try:
+            await self._limit_backlog()
             if frame.after is None:
                 page = await history.before(frame.room, None, JOIN_LAST)
                 subscriber.deliver(_history_frame(frame.room, page))

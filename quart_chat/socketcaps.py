@@ -44,10 +44,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 #       this worker's user count and address count with the new socket,
 #       user cap, address cap.
 # Returns 0 (admitted and stored), 1 (user at cap) or 2 (address at cap).
+# Only the writer's heartbeat keeps a worker live: if that task died, the
+# worker's counts (no longer kept up to date) stop counting.
 _ADMIT = (
     _NOW
     + """
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local users, addresses = tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   if w ~= ARGV[1] then

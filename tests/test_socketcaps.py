@@ -6,6 +6,7 @@ tests/test_socketcaps_multiworker.py proves the same across two worker processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
-from quart_chat.socketcaps import SocketCaps, address_key
+from quart_chat.socketcaps import WORKERS_KEY, SocketCaps, address_key
 
 from .chatting import Person, log_in, receive
 from .conftest import make_settings
@@ -113,8 +114,14 @@ async def test_a_crashed_workers_sockets_stop_counting_when_its_heartbeat_expire
     ann = await log_in(capped, redis, "ann@example.com")
     crashed = SocketCaps(redis, "crashed-worker", 3, 5)
     crashed.ttl_seconds = 1.0
+    heartbeat = asyncio.create_task(crashed.run())
+    while await redis.zscore(WORKERS_KEY, "crashed-worker") is None:
+        await asyncio.sleep(0.01)
     for _ in range(3):
-        await crashed.admit(ann.user.id, "192.0.2.1")  # and then it never writes again
+        await crashed.admit(ann.user.id, "192.0.2.1")
+    heartbeat.cancel()  # the worker dies without withdrawing
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
     assert (await refusal(ann))[0] == 429
     async with AsyncExitStack() as stack:
         await eventually_opens(stack, ann)  # after about a second
