@@ -28,8 +28,9 @@ MAX_CONTAINERS = 64
 # quotes and brackets, with `{}` read as `[]`.
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
-# A lone surrogate can only come from a \uD800-\uDFFF escape (a WebSocket text
-# frame is valid UTF-8); decoded strings hold one only when it was unpaired.
+# Over the wire a lone surrogate can only come from a \uD800-\uDFFF escape (a
+# WebSocket text frame is valid UTF-8; an ASGI server or test client handing
+# over a `str` might not check); decoded strings hold one only when unpaired.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
