@@ -51,4 +51,7 @@ def test_a_page_too_far_behind_starts_over_from_the_newest(
     expect(alice.page.locator("#load-older")).to_be_visible()
     alice.page.locator("#load-older").click()
     expect(alice.page.locator("#messages")).to_contain_text(missed[-51])
-    assert message_texts(alice.page) == missed[-100:]
+    # Older pages fill in without a hole (scrolled to the top, the page may load more).
+    texts = message_texts(alice.page)
+    assert len(texts) >= 100
+    assert texts == missed[-len(texts) :]
