@@ -87,7 +87,7 @@ class ChatSocketRoute:
             user, session_id = await self.authorise(scope)
             await self.admit(user, address)
         except Refused as refusal:
-            await refuse(scope, send, refusal)
+            await refuse(scope, send, refusal, self.app.hub.broker.worker_id)
             return
         hub = self.app.hub
         try:
@@ -144,14 +144,19 @@ class ChatSocketRoute:
         return user, session_id
 
 
-async def refuse(scope: dict[str, Any], send: ASGISendCallable, refusal: Refused) -> None:
+async def refuse(
+    scope: dict[str, Any], send: ASGISendCallable, refusal: Refused, worker_id: str
+) -> None:
     """Answer the handshake with an HTTP status and a JSON body, where the server can."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         # Without the extension a close before accept is all ASGI offers (HTTP 403).
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
         return
     content: dict[str, Any] = {"error": refusal.code}
-    headers = [(b"content-type", b"application/json")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (WORKER_HEADER.lower().encode(), worker_id.encode()),
+    ]
     if refusal.retry_after is not None:
         content["retry_after"] = refusal.retry_after
         headers.append((b"retry-after", str(refusal.retry_after).encode()))
