@@ -119,6 +119,8 @@ class ChatClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # The join's backlog arrived: from here on every new message comes live.
+        self.joined: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[int] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
@@ -150,6 +152,8 @@ class ChatClient(asyncio.Protocol):
             self.opened.set_exception(ConnectionError(f"connection lost in handshake: {exc}"))
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("connection lost before ready"))
+        if not self.joined.done():
+            self.joined.set_exception(ConnectionError("connection lost before joining"))
         if not self.closed.done():
             self.hub.close_codes[1006] += 1
             self.closed.set_result(1006)
@@ -257,6 +261,10 @@ class ChatClient(asyncio.Protocol):
             hub.frames["ready"] += 1
             if not self.ready.done():
                 self.ready.set_result(message)
+        elif kind == "history":
+            hub.frames["history"] += 1
+            if not self.joined.done():
+                self.joined.set_result(None)
         elif kind == "error":
             hub.frames["error"] += 1
             step = hub.step
@@ -325,4 +333,5 @@ async def connect(
     await client.opened
     await client.ready
     client.send_json({"type": "join", "room": "general"})
+    await client.joined
     return client

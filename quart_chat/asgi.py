@@ -10,7 +10,8 @@ frames are read straight from the server's `receive` and written with its
 
 The handshake is authorised before it is accepted, like a Campfire channel
 subscription: no session is HTTP 401, a cross-site Origin is HTTP 403
-(cross-site WebSocket hijacking), and a worker that has lost Redis answers 503.
+(cross-site WebSocket hijacking), a user or address with too many sockets
+open is HTTP 429, and a worker that has lost Redis answers 503.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .broker import CLOSE_SERVER_ERROR
 from .connection import ChatConnection
 from .security import is_allowed_origin
 from .sessions import User, load_session
+from .socketcaps import SocketCapReached, address_key
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,11 @@ WORKER_HEADER = "X-Chat-Worker"
 class Refused(Exception):
     """A handshake answered with an HTTP error instead of a WebSocket."""
 
-    def __init__(self, status: int, code: str) -> None:
+    def __init__(self, status: int, code: str, retry_after: int | None = None) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 class ChatSocketRoute:
@@ -79,25 +82,42 @@ class ChatSocketRoute:
     async def serve(
         self, scope: dict[str, Any], receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        address = address_key((scope.get("client") or ("",))[0])
         try:
             user, session_id = await self.authorise(scope)
+            await self.admit(user, address)
         except Refused as refusal:
-            await refuse(scope, send, refusal)
+            await refuse(scope, send, refusal, self.app.hub.broker.worker_id)
             return
         hub = self.app.hub
-        worker = (WORKER_HEADER.lower().encode(), hub.broker.worker_id.encode())
-        await send({"type": "websocket.accept", "subprotocol": None, "headers": [worker]})
         try:
-            code = await ChatConnection(hub, user, session_id, send, receive).serve()
-        except Exception:
-            log.exception("chat WebSocket failed")
-            code = CLOSE_SERVER_ERROR
-        if code is not None:
+            worker = (WORKER_HEADER.lower().encode(), hub.broker.worker_id.encode())
+            await send({"type": "websocket.accept", "subprotocol": None, "headers": [worker]})
             try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                    await send({"type": "websocket.close", "code": code, "reason": None})
-            except TimeoutError:
-                pass
+                code = await ChatConnection(hub, user, session_id, send, receive).serve()
+            except Exception:
+                log.exception("chat WebSocket failed")
+                code = CLOSE_SERVER_ERROR
+            if code is not None:
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                        await send({"type": "websocket.close", "code": code, "reason": None})
+                except TimeoutError:
+                    pass
+        finally:
+            hub.socket_caps.release(user.id, address)
+
+    async def admit(self, user: User, address: str | None) -> None:
+        """Count the socket against the per-user and per-address caps, or `Refused` (429).
+
+        One Redis round trip; an admitted socket is released when it ends.
+        """
+        try:
+            await self.app.hub.socket_caps.admit(user.id, address)
+        except SocketCapReached as reached:
+            raise Refused(429, reached.code, reached.retry_after) from None
+        except (RedisError, OSError):
+            raise Refused(503, "unavailable") from None
 
     async def authorise(self, scope: dict[str, Any]) -> tuple[User, str]:
         """The session's user and id, or `Refused`."""
@@ -124,21 +144,29 @@ class ChatSocketRoute:
         return user, session_id
 
 
-async def refuse(scope: dict[str, Any], send: ASGISendCallable, refusal: Refused) -> None:
+async def refuse(
+    scope: dict[str, Any], send: ASGISendCallable, refusal: Refused, worker_id: str
+) -> None:
     """Answer the handshake with an HTTP status and a JSON body, where the server can."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         # Without the extension a close before accept is all ASGI offers (HTTP 403).
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
         return
-    body = json.dumps({"error": refusal.code}).encode()
+    content: dict[str, Any] = {"error": refusal.code}
+    headers = [
+        (b"content-type", b"application/json"),
+        (WORKER_HEADER.lower().encode(), worker_id.encode()),
+    ]
+    if refusal.retry_after is not None:
+        content["retry_after"] = refusal.retry_after
+        headers.append((b"retry-after", str(refusal.retry_after).encode()))
+    body = json.dumps(content).encode()
+    headers.append((b"content-length", str(len(body)).encode()))
     await send(
         {
             "type": "websocket.http.response.start",
             "status": refusal.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
+            "headers": headers,
         }
     )
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})

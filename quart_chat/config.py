@@ -77,6 +77,9 @@ class Settings(BaseSettings):
 
     message_max_chars: int = Field(4000, ge=1, le=16000)
     messages_per_minute: int = Field(120, ge=1)
+    backlog_requests_per_minute: int = Field(60, ge=1)
+    max_sockets_per_user: int = Field(20, ge=1)
+    max_sockets_per_address: int = Field(200, ge=1)
     history_per_room: int = Field(10000, ge=100)
     # permessage-deflate on chat sockets: off, as in the `ws` server for Node,
     # because each compressed socket keeps zlib state (~150 KiB) and every

@@ -11,15 +11,18 @@ Cleanup is synchronous and in `finally`, so it runs on every path.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
-from .history import JOIN_LAST, Page
+from .history import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
 from .hub import ChatHub
 from .protocol import (
+    BAD_REQUEST,
     RATE_LIMITED,
     ROOMS,
     UNAVAILABLE,
@@ -34,13 +37,28 @@ from .protocol import (
 )
 from .ratelimit import hit_limit
 from .sessions import User, session_exists
-from .storage import raise_if_cancelled
+from .storage import is_refusal, raise_if_cancelled
 
+log = logging.getLogger(__name__)
 SEND_WINDOW_SECONDS = 60
+# `join` and `history` answer with up to ~100 messages each: limited per user
+# (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers) and per socket,
+# so one runaway tab cannot use up its user's other tabs' share. The socket's
+# count is in memory: a flood from one socket costs no Redis call.
+BACKLOG_WINDOW_SECONDS = 60
+BACKLOG_REQUESTS_PER_SOCKET = 20
 
 
 class ChatConnection:
-    __slots__ = ("_receive", "hub", "session_id", "subscriber", "user")
+    __slots__ = (
+        "_backlog_count",
+        "_backlog_window_end",
+        "_receive",
+        "hub",
+        "session_id",
+        "subscriber",
+        "user",
+    )
 
     def __init__(
         self,
@@ -55,6 +73,8 @@ class ChatConnection:
         self.session_id = session_id
         self._receive = receive
         self.subscriber = Subscriber(session_id, send)
+        self._backlog_count = 0
+        self._backlog_window_end = 0.0
 
     async def serve(self) -> int | None:
         """Run until the server closes the socket (returns the close code) or the client leaves."""
@@ -114,6 +134,11 @@ class ChatConnection:
             except FrameError as error:
                 subscriber.deliver(error.frame())
             raise_if_cancelled()
+            # Frames that arrived together are read without yielding, so
+            # answers to a flood would fill the outbox (closing it with 1013)
+            # before the first is sent. Waiting here instead leaves the rest
+            # unread, and TCP slows the client down.
+            await subscriber.wait_half_empty()
 
     async def _handle(self, frame: ClientFrame) -> None:
         try:
@@ -122,12 +147,19 @@ class ChatConnection:
             elif isinstance(frame, Join):
                 await self._join(frame)
             elif isinstance(frame, History):
+                await self._limit_backlog()
                 page = await self.hub.history.before(frame.room, frame.before, frame.limit)
                 self.subscriber.deliver(_history_frame(frame.room, page))
             elif isinstance(frame, Typing):
                 pass  # accepted and ignored until typing indicators exist
-        except (RedisError, OSError):
+        except (RedisError, OSError) as error:
             client_id = frame.client_id if isinstance(frame, Send) else None
+            if isinstance(error, RedisError) and is_refusal(error):
+                # The frame passed validation, so this is a gap in it: worth a look.
+                log.warning("Redis refused a %s frame: %s", type(frame).__name__, error)
+                raise FrameError(
+                    BAD_REQUEST, "the server cannot serve this request", client_id
+                ) from None
             raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
 
     async def _post(self, frame: Send) -> None:
@@ -148,6 +180,30 @@ class ChatConnection:
         if not posted.created or not hub.broker.in_room(self.subscriber, frame.room):
             self.subscriber.deliver(posted.frame)
 
+    async def _limit_backlog(self) -> None:
+        """Count a backlog-producing request against the socket's and the user's limits."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._backlog_window_end:
+            self._backlog_window_end = now + BACKLOG_WINDOW_SECONDS
+            self._backlog_count = 0
+        self._backlog_count += 1
+        if self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
+            retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
+        else:
+            retry_after = await hit_limit(
+                self.hub.redis,
+                f"ratelimit:backlog:{self.user.id}",
+                self.hub.settings.backlog_requests_per_minute,
+                BACKLOG_WINDOW_SECONDS,
+            )
+        if retry_after is not None:
+            raise FrameError(
+                RATE_LIMITED,
+                f"too many join and history requests; try again in {retry_after} s",
+                retry_after=retry_after,
+            )
+
     async def _join(self, frame: Join) -> None:
         """Backlog, then live, with nothing lost or repeated in between.
 
@@ -155,28 +211,48 @@ class ChatConnection:
         sent, those not already in it are delivered and the room goes live.
         """
         broker, history, subscriber = self.hub.broker, self.hub.history, self.subscriber
+        if broker.in_room(subscriber, frame.room):
+            # It would only send the backlog again: the amplification of issue 12.
+            raise FrameError(BAD_REQUEST, "already joined; use history for older messages")
+        # Buffering starts before any await, so a message published while the
+        # limit is checked is not missed.
         broker.begin_join(subscriber, frame.room)
         try:
+            await self._limit_backlog()
             if frame.after is None:
                 page = await history.before(frame.room, None, JOIN_LAST)
                 subscriber.deliver(_history_frame(frame.room, page))
                 last_id = page.last_id
             else:
-                last_id = frame.after
-                while True:
-                    page = await history.after(frame.room, last_id)
-                    subscriber.deliver(_history_frame(frame.room, page))
-                    last_id = page.last_id or last_id
-                    if not page.has_more:
-                        break
-                    await subscriber.wait_half_empty()
+                backlog = await history.newest_after(frame.room, frame.after, JOIN_BACKLOG_MAX + 1)
+                if len(backlog) > JOIN_BACKLOG_MAX:
+                    # Too far behind to replay: start over from the newest, like a fresh join.
+                    page = Page(backlog[-JOIN_LAST:], has_more=True)
+                    subscriber.deliver(_history_frame(frame.room, page, reset=True))
+                    last_id = page.last_id
+                else:
+                    last_id = backlog[-1]["id"] if backlog else frame.after
+                    await self._deliver_pages(frame.room, backlog)
         except BaseException:
             broker.abandon_join(subscriber, frame.room)
             raise
         broker.finish_join(subscriber, frame.room, last_id)
 
+    async def _deliver_pages(self, room: str, messages: list[dict[str, Any]]) -> None:
+        """`messages` as history frames of up to JOIN_PAGE, `has_more` on all but the last;
+        paced so live frames still fit in the outbox."""
+        subscriber = self.subscriber
+        starts = range(0, len(messages), JOIN_PAGE) if messages else range(1)
+        for start in starts:
+            if start:
+                await subscriber.wait_half_empty()
+            end = start + JOIN_PAGE
+            page = Page(messages[start:end], has_more=end < len(messages))
+            subscriber.deliver(_history_frame(room, page))
 
-def _history_frame(room: str, page: Page) -> str:
-    return encode(
-        {"type": "history", "room": room, "messages": page.messages, "has_more": page.has_more}
-    )
+
+def _history_frame(room: str, page: Page, *, reset: bool = False) -> str:
+    frame = {"type": "history", "room": room, "messages": page.messages, "has_more": page.has_more}
+    if reset:
+        frame["reset"] = True
+    return encode(frame)

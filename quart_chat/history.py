@@ -24,6 +24,10 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 IDEMPOTENCY_SECONDS = 86400
 JOIN_PAGE = 100
 JOIN_LAST = 50
+# The most a `join after` replays. A client further behind gets the newest
+# JOIN_LAST marked `reset` instead and pages back with `history`: one request
+# never costs more than this many messages.
+JOIN_BACKLOG_MAX = 1000
 
 # KEYS: stream, idempotency key.
 # ARGV: max length, user id, user name, text, client id, channel, room as JSON,
@@ -112,13 +116,13 @@ class RoomHistory:
         entries = cast(list[Entry], await self.redis.xrange(key, message_id, message_id))
         return _from_entry(room, entries[0]) if entries else None
 
-    async def after(self, room: str, after: str, count: int = JOIN_PAGE) -> Page:
-        """Messages strictly after `after`, oldest first; `has_more` if the page is not the end."""
+    async def newest_after(self, room: str, after: str, count: int) -> list[dict[str, Any]]:
+        """Up to `count` of the newest messages strictly after `after`, oldest first."""
         entries = cast(
             list[Entry],
-            await self.redis.xrange(stream_key(room), f"({after}", "+", count=count + 1),
+            await self.redis.xrevrange(stream_key(room), "+", f"({after}", count=count),
         )
-        return Page([_from_entry(room, e) for e in entries[:count]], len(entries) > count)
+        return [_from_entry(room, e) for e in reversed(entries)]
 
     async def before(self, room: str, before: str | None, count: int) -> Page:
         """The `count` messages before `before` (or the newest), newest last."""

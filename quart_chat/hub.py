@@ -14,6 +14,7 @@ from .history import RoomHistory
 from .mail import make_mailer
 from .outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from .presence import PresenceTracker
+from .socketcaps import SocketCaps
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ class ChatHub:
             self.broker.worker_id,
             claim_idle_seconds=settings.smtp_timeout_seconds + CLAIM_MARGIN_SECONDS,
         )
+        self.socket_caps = SocketCaps(
+            redis,
+            self.broker.worker_id,
+            settings.max_sockets_per_user,
+            settings.max_sockets_per_address,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -42,6 +49,7 @@ class ChatHub:
             asyncio.create_task(self.broker.sweep_sessions(), name="chat-session-sweep"),
             asyncio.create_task(self.presence.run(), name="chat-presence"),
             asyncio.create_task(self.outbox.run(), name="mail-outbox"),
+            asyncio.create_task(self.socket_caps.run(), name="chat-socket-caps"),
         ]
         # Serve at once if Redis is down; sockets are refused until it is back.
         try:
@@ -63,3 +71,8 @@ class ChatHub:
                 await self.presence.withdraw()
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not withdraw presence at shutdown: %s", error)
+        try:
+            async with asyncio.timeout(STOP_WAIT_SECONDS):
+                await self.socket_caps.withdraw()
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not withdraw socket counts at shutdown: %s", error)

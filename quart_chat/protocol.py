@@ -9,15 +9,30 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 DEFAULT_ROOM = "general"
 ROOMS = (DEFAULT_ROOM,)
 MAX_CLIENT_ID = 64
 MAX_HISTORY_LIMIT = 100
 DEFAULT_HISTORY_LIMIT = 50
-# A Redis stream id: milliseconds, a dash, a sequence number.
+# A Redis stream id: milliseconds, a dash, a sequence number, each a 64-bit
+# unsigned integer.
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+MAX_ID_PART = 2**64 - 1
+# A frame is a flat object today (a list of ids at most, later); these bound
+# what the JSON decoder recurses into, far below Python's recursion limit.
+MAX_NESTING = 16
+MAX_CONTAINERS = 64
+# What nesting depth is read from: the UTF-8 bytes of a frame reduced to
+# quotes and brackets, with `{}` read as `[]`.
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+# Over the wire a lone surrogate can only come from a \uD800-\uDFFF escape (a
+# WebSocket text frame is valid UTF-8; an ASGI server or test client handing
+# over a `str` might not check); decoded strings hold one only when unpaired.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 BAD_REQUEST = "bad_request"
 TOO_LONG = "too_long"
@@ -72,19 +87,29 @@ class FrameError(Exception):
 def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
     if not isinstance(raw, str):
         raise FrameError(BAD_REQUEST, "frames must be JSON text, not binary")
+    _check_structure(raw)
     try:
         data = json.loads(raw)
     except ValueError:
         raise FrameError(BAD_REQUEST, "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError(BAD_REQUEST, "frame must be a JSON object")
+    if (_SURROGATE_ESCAPE.search(raw) or _SURROGATE.search(raw)) and _has_surrogate(data):
+        # Such a string cannot be stored or sent back: refuse the whole frame,
+        # naming the send it belongs to when its client_id is sound.
+        client_id = data.get("client_id") if data.get("type") == "send" else None
+        raise FrameError(
+            BAD_REQUEST,
+            "frame contains invalid Unicode (an unpaired surrogate)",
+            client_id if _is_client_id(client_id) and not _has_surrogate(client_id) else None,
+        )
     kind = data.get("type")
     if kind == "send":
         return _parse_send(data, max_chars)
     if kind == "join":
-        return Join(_room(data), _optional_id(data, "after"))
+        return Join(_room(data), _after_id(data))
     if kind == "history":
-        return History(_room(data), _optional_id(data, "before"), _limit(data))
+        return History(_room(data), _before_id(data), _limit(data))
     if kind == "typing":
         return Typing(_room(data))
     raise FrameError(BAD_REQUEST, "unknown frame type")
@@ -92,7 +117,7 @@ def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
 
 def _parse_send(data: dict[str, Any], max_chars: int) -> Send:
     client_id = data.get("client_id")
-    if not isinstance(client_id, str) or not 1 <= len(client_id) <= MAX_CLIENT_ID:
+    if not _is_client_id(client_id):
         raise FrameError(BAD_REQUEST, f"client_id must be a string of 1 to {MAX_CLIENT_ID} chars")
     try:
         room = _room(data)
@@ -105,6 +130,49 @@ def _parse_send(data: dict[str, Any], max_chars: int) -> Send:
     if len(text) > max_chars:
         raise FrameError(TOO_LONG, f"text is longer than {max_chars} characters", client_id)
     return Send(room, text, client_id)
+
+
+def _is_client_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_CLIENT_ID
+
+
+def _check_structure(raw: str) -> None:
+    """Refuse JSON text nested more than MAX_NESTING deep or with too many arrays and objects.
+
+    Checked before decoding because the decoder recurses once per level and
+    a 4 KB frame can nest past Python's recursion limit. The brackets outside
+    strings are found with byte operations only (about 1 ms for the worst
+    64 KiB frame), then peeled a level of empty pairs at a time.
+    """
+    if raw.count("[") + raw.count("{") <= MAX_NESTING:
+        return
+    # Without escaped backslashes and quotes, every quote left opens or closes
+    # a string, so the even pieces between quotes are outside strings. Where
+    # the JSON is invalid this may misjudge the rest, but never the valid part
+    # before it, which is all the decoder recurses into.
+    unescaped = raw.replace("\\\\", "").replace('\\"', "")
+    skeleton = unescaped.encode("utf-8", "surrogatepass").translate(_BRACKETS, _NOT_STRUCTURE)
+    skeleton = b"".join(skeleton.split(b'"')[::2])
+    if skeleton.count(b"[") > MAX_CONTAINERS:
+        raise FrameError(BAD_REQUEST, f"frame has more than {MAX_CONTAINERS} arrays and objects")
+    for _ in range(MAX_NESTING):
+        peeled = skeleton.replace(b"[]", b"")
+        if len(peeled) == len(skeleton):
+            break  # unbalanced: the decoder will refuse it without recursing far
+        skeleton = peeled
+    else:
+        if skeleton:
+            raise FrameError(BAD_REQUEST, f"frame is nested more than {MAX_NESTING} levels deep")
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(item) for item in value)
+    return False
 
 
 def _room(data: dict[str, Any]) -> str:
@@ -122,6 +190,25 @@ def _optional_id(data: dict[str, Any], field: str) -> str | None:
         return None
     if not isinstance(value, str) or not STREAM_ID.fullmatch(value):
         raise FrameError(BAD_REQUEST, f"{field} must be a message id")
+    ms, seq = stream_id_key(value)
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise FrameError(BAD_REQUEST, f"{field} must be a message id (64-bit parts)")
+    return value
+
+
+def _before_id(data: dict[str, Any]) -> str | None:
+    """Nothing is before 0-0; Redis refuses the exclusive range."""
+    value = _optional_id(data, "before")
+    if value is not None and stream_id_key(value) == (0, 0):
+        raise FrameError(BAD_REQUEST, "before must be a message id after 0-0")
+    return value
+
+
+def _after_id(data: dict[str, Any]) -> str | None:
+    """Nothing is after the largest id; Redis refuses the exclusive range."""
+    value = _optional_id(data, "after")
+    if value is not None and stream_id_key(value) == (MAX_ID_PART, MAX_ID_PART):
+        raise FrameError(BAD_REQUEST, "after must be a message id below the largest one")
     return value
 
 

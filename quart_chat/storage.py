@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError, ResponseError
 
 # redis-py's `from_url` caps the pool at 100 and raises past that; a blocking
 # pool makes a burst wait for a free connection instead of failing a request.
@@ -45,6 +46,16 @@ def transport_options(url: str) -> dict[str, Any]:
 def as_text(value: bytes | str) -> str:
     """redis-py types every reply as `bytes | str`; this pool returns bytes."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def is_refusal(error: RedisError) -> bool:
+    """True when Redis answered and refused the command itself (an `ERR` reply).
+
+    Sending the same request again cannot help, unlike an outage: no
+    connection, a timeout, or a server that is loading, read-only after a
+    failover or out of memory (those replies have their own prefixes).
+    """
+    return type(error) is ResponseError and error.status_code == "ERR"
 
 
 def raise_if_cancelled() -> None:

@@ -56,6 +56,8 @@ const state = {
   oldestId: null, // oldest stream id shown; `history before` pages from it
   hasMore: false,
   initialHistory: false, // the next history frame answers a join without `after`
+  joined: false, // this socket's join was answered
+  joinTimer: null,
   historyLoaded: false,
   loadingOlder: false,
   byId: new Map(), // stream id -> <li>
@@ -210,6 +212,8 @@ function receiveLive(message) {
 }
 
 function receiveHistory(frame) {
+  state.joined = true;
+  if (frame.reset) forgetMessages();
   const older = state.loadingOlder;
   state.loadingOlder = false;
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
@@ -228,6 +232,16 @@ function receiveHistory(frame) {
   updateHistoryEdge();
   if (older) scroller.scrollTop = scroller.scrollHeight - fromBottom;
   else if (stick) scrollToBottom();
+}
+
+// The server answers `join after` this way when the page was too far behind
+// to catch up: start again from the newest messages, as on a fresh load.
+function forgetMessages() {
+  for (const li of state.byId.values()) li.remove();
+  state.byId.clear();
+  state.lastId = null;
+  state.oldestId = null;
+  state.initialHistory = true;
 }
 
 function updateHistoryEdge() {
@@ -410,6 +424,7 @@ async function closed(code, opened) {
   state.ready = false;
   state.loadingOlder = false;
   stopHeartbeat();
+  clearTimeout(state.joinTimer);
   for (const entry of state.pending.values()) {
     clearTimeout(entry.timer);
     if (!entry.li.classList.contains("failed")) deliveryLine(entry, "Waiting for connection…", false);
@@ -511,13 +526,20 @@ function onReady(frame) {
   setConnection("connected", "Connected");
   state.online = new Map(frame.online.map((user) => [user.id, user]));
   renderOnline();
+  state.joined = false;
+  sendJoin();
+  for (const entry of state.pending.values()) {
+    if (!entry.li.classList.contains("failed")) transmit(entry.clientId);
+  }
+}
+
+function sendJoin() {
+  clearTimeout(state.joinTimer);
+  if (!state.ready || state.joined) return;
   const join = { type: "join", room: ROOM };
   if (state.lastId !== null) join.after = state.lastId;
   else state.initialHistory = true;
   send(join);
-  for (const entry of state.pending.values()) {
-    if (!entry.li.classList.contains("failed")) transmit(entry.clientId);
-  }
 }
 
 const ERROR_TEXT = {
@@ -531,7 +553,12 @@ function onError(frame) {
   const text = ERROR_TEXT[frame.code] ?? frame.message ?? "Something went wrong.";
   if (frame.client_id && state.pending.has(frame.client_id)) fail(frame.client_id, text);
   else {
-    if (frame.code === "bad_request") state.loadingOlder = false;
+    // A refused `history` (or `join`): let the next scroll ask again.
+    state.loadingOlder = false;
+    if (frame.code === "rate_limited" && !state.joined) {
+      const seconds = Number(frame.retry_after) || 5;
+      state.joinTimer = setTimeout(sendJoin, seconds * 1000);
+    }
     showNotice(frame.message || text);
   }
 }

@@ -59,12 +59,11 @@ async def test_pages_forward_and_back(redis: Redis) -> None:
     history = RoomHistory(redis, 10000)
     ids = [(await history.post("general", ann, f"m{n}", f"c{n}")).id for n in range(25)]
 
-    forward = await history.after("general", ids[4], count=10)
-    assert [m["id"] for m in forward.messages] == ids[5:15]
-    assert forward.has_more
-    end = await history.after("general", ids[14], count=10)
-    assert [m["id"] for m in end.messages] == ids[15:25]
-    assert not end.has_more
+    latest = await history.newest_after("general", ids[4], count=10)
+    assert [m["id"] for m in latest] == ids[15:25]  # oldest first
+    rest = await history.newest_after("general", ids[19], count=10)
+    assert [m["id"] for m in rest] == ids[20:25]
+    assert await history.newest_after("general", ids[24], count=10) == []
 
     back = await history.before("general", ids[10], count=4)
     assert [m["id"] for m in back.messages] == ids[6:10]  # newest last
