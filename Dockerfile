@@ -37,8 +37,9 @@ ENV PATH=/app/.venv/bin:$PATH \
     CHAT_WORKERS=2
 USER 10001:10001
 EXPOSE 9990
-# No curl in slim images: the venv's Python asks /healthz, which is 200 only
-# while Redis answers; urlopen raises (exit 1) on a 503 or a refused connection.
+# No curl in slim images: the venv's Python asks /healthz, which answers 200
+# only while this worker can chat (Redis answers, its pub/sub listener is
+# subscribed); urlopen raises (exit 1) on a 503 or a refused connection.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9990/healthz', timeout=4)"]
 # Exec form, and `exec` in the shell that only expands CHAT_WORKERS: the shell
