@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The quart-chat image. `docker compose up -d` (compose.yaml) runs it with Redis;
 # see README "Deploy with Docker". No secrets are baked in: they come from the
 # environment at run time, and .dockerignore keeps .env out of the build context.
@@ -20,8 +19,9 @@ RUN install-quart-chat app /app/.venv
 
 FROM python:3.11-slim-bookworm
 # A fixed numeric uid/gid, so orchestrators can check that it is not root.
-RUN groupadd --system --gid 10001 chat \
-    && useradd --system --uid 10001 --gid chat --home-dir /app --no-create-home \
+# Not --system: useradd warns on every build that 10001 is above SYS_UID_MAX.
+RUN groupadd --gid 10001 chat \
+    && useradd --uid 10001 --gid chat --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin chat \
     && install -d -o chat -g chat -m 700 /app/var
 WORKDIR /app
@@ -37,9 +37,10 @@ ENV PATH=/app/.venv/bin:$PATH \
     CHAT_WORKERS=2
 USER 10001:10001
 EXPOSE 9990
-# No curl in slim images: the venv's Python asks /healthz, which is 200 only
-# while Redis answers; urlopen raises (exit 1) on a 503 or a refused connection.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+# No curl in slim images: the venv's Python asks /healthz, which answers 200
+# only while this worker can chat (Redis answers, its pub/sub listener is
+# subscribed); urlopen raises (exit 1) on a 503 or a refused connection.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9990/healthz', timeout=4)"]
 # Exec form, and `exec` in the shell that only expands CHAT_WORKERS: the shell
 # replaces itself, so the launcher is PID 1 and receives `docker stop`'s SIGTERM

@@ -7,7 +7,8 @@
 #       the Docker layer this makes survives every code edit.
 #   install.sh app VENV    (in the source tree)
 #       build the wheel and install it into VENV, non-editable, so the
-#       image holds the package with its templates/ and static/ inside.
+#       image holds the package with its templates/ and static/ inside; then
+#       remove pip and setuptools from VENV.
 #
 # PYTHON picks the interpreter for the new venv (default: python3).
 set -eu
@@ -32,6 +33,9 @@ app)
     # drifted from pyproject.toml gets completed instead of failing at runtime.
     "$venv/bin/pip" install --no-cache-dir --disable-pip-version-check "$dist"/quart_chat-*.whl
     "$venv/bin/pip" check
+    # Nothing installs packages at run time: pip and setuptools (about 25 MB)
+    # stay out of the image.
+    "$venv/bin/pip" uninstall --yes --quiet --disable-pip-version-check pip setuptools
     rm -rf "$dist"
     ;;
 *)

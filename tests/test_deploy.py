@@ -237,6 +237,23 @@ def test_dockerfile_is_multistage_slim_and_non_root() -> None:
     assert [key for key, _ in runtime_steps][-1] == "CMD"
 
 
+def test_dockerfile_builds_without_fetching_a_frontend_image() -> None:
+    # A `# syntax=` parser directive makes every BuildKit build (`docker compose build`)
+    # pull that frontend image from Docker Hub first, which fails offline and behind
+    # registry mirrors; nothing in this Dockerfile needs more than the built-in frontend.
+    head = (ROOT / "Dockerfile").read_text().splitlines()
+    directives = [line for line in head[: head.index("")] if re.match(r"#\s*syntax\s*=", line)]
+    assert directives == []
+
+
+def test_dockerfile_user_setup_builds_without_warnings() -> None:
+    # uid/gid 10001 are above SYS_UID_MAX/SYS_GID_MAX (999): with --system, useradd
+    # prints a warning in every build (.ci/docker-smoke fails a build that warns).
+    (run,) = [rest for key, rest in dockerfile_instructions() if key == "RUN" and "useradd" in rest]
+    assert "--uid 10001" in run and "--gid 10001" in run
+    assert "--system" not in run
+
+
 def test_dockerfile_bakes_in_no_secrets() -> None:
     for key, rest in dockerfile_instructions():
         if key in {"ENV", "ARG"}:
@@ -292,6 +309,9 @@ def test_image_install_steps_serve_the_app(tmp_path: Path, redis_url: str) -> No
     subprocess.run([*install, "deps", str(venv)], cwd=deps_stage, env=build_env, check=True)
     assert not (venv / "bin" / "quart-chat").exists()  # dependencies only
     subprocess.run([*install, "app", str(venv)], cwd=context, env=build_env, check=True)
+    # Nothing installs packages at run time: pip and setuptools are not in the image.
+    assert not list(venv.glob("bin/pip*"))
+    assert not list(venv.glob("lib/python*/site-packages/setuptools"))
 
     workdir = tmp_path / "app"
     located = subprocess.run(
@@ -381,7 +401,8 @@ def test_app_service_runs_the_image_against_compose_redis() -> None:
     assert env["CHAT_REDIS_URL"] == "redis://redis:6379/0"
     assert app["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert app["restart"] in {"unless-stopped", "always"}
-    assert app["ports"] == ["9990:9990"]
+    # Host port 9990 unless CHAT_PORT says otherwise (.env.example documents it).
+    assert app["ports"] == ["${CHAT_PORT:-9990}:9990"]
     # tini as PID 1 forwards signals and reaps children.
     assert app["init"] is True
     # The image's HEALTHCHECK covers the app; compose must not switch it off.
@@ -432,6 +453,16 @@ def test_scale_setup_publishes_only_the_proxy() -> None:
     assert proxy["profiles"] == ["scale"]
     assert proxy["depends_on"] == {"app": {"condition": "service_healthy"}}
     caddyfile_mount = next(v for v in proxy["volumes"] if v.endswith(":/etc/caddy/Caddyfile:ro"))
+    # Certificates (/data) and Caddy's autosaved config (/config) on named volumes: the
+    # image declares both as volumes, and an unnamed one is a new anonymous volume per
+    # container.
+    named = {
+        volume.split(":")[1]: volume.split(":")[0]
+        for volume in proxy["volumes"]
+        if not volume.startswith(".")
+    }
+    assert set(named) == {"/data", "/config"}
+    assert set(named.values()) <= set(compose()["volumes"])
     assert (ROOT / caddyfile_mount.split(":")[0]).resolve() == ROOT / "deploy" / "Caddyfile"
 
     # Replicas would collide on host port 9990: the override empties the app's ports
