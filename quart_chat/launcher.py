@@ -350,6 +350,10 @@ class Arbiter:
         return 0
 
     def _stop_workers(self) -> None:
+        # Once the workers have closed their copies too, the port refuses new
+        # connections (a proxy then tries another server) instead of queueing
+        # them where no worker will accept them and they are reset at exit.
+        self.sock.close()
         for worker in self.workers:
             if worker.poll() is None:
                 worker.terminate()

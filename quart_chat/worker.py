@@ -3,7 +3,10 @@
 The launcher binds the listening socket once and starts each worker as
 `python -m quart_chat.worker FD` with that socket inherited as file descriptor
 FD, so every worker accepts from the same queue and no second server can bind
-the port.
+the port. On SIGTERM the worker stops accepting and closes every chat socket
+with 1012 ("service restart": clients reconnect at once, to another worker or
+server, and resume with `join after`); once they are gone Hypercorn stops the
+app, which withdraws this worker's presence.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 # The exit status of a worker that could not start serving: the launcher
 # stops instead of restarting it in a loop (gunicorn's WORKER_BOOT_ERROR).
 EXIT_BOOT_FAILED = 3
+CLOSE_SERVICE_RESTART = 1012
 MAX_WEBSOCKET_FRAME = 64 * 1024
 # Each worker's listen() sets the shared socket's backlog; Hypercorn's default
 # of 100 would refuse part of the burst of reconnects after a restart.
@@ -57,6 +61,11 @@ async def serve_until_stopped(app: ChatApp, config: Config) -> bool:
         nonlocal serving
         serving = True
         await stop.wait()
+        # Hypercorn then stops accepting and gives open connections its graceful
+        # timeout before cutting them without a close frame (1006 at the client).
+        # Closing every chat socket now, and any still being opened, means they
+        # all end within that time, each with a close frame.
+        app.hub.broker.close_all(CLOSE_SERVICE_RESTART)
 
     try:
         await serve(app, config, shutdown_trigger=shutdown_trigger)
