@@ -125,6 +125,7 @@ class ChatServer:
     def start(self, wait: bool = True) -> ChatServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log_start = log.tell()
         self.process = subprocess.Popen(
             [
                 self.python,
@@ -145,6 +146,15 @@ class ChatServer:
         log.close()
         if wait:
             self.wait_healthy()
+            # /healthz answers from the first worker up; wait for all of them.
+            wait_for(
+                lambda: (
+                    self.log_path.read_bytes()[log_start:].count(b"Running on http://")
+                    >= self.workers
+                ),
+                timeout=30,
+                what=f"{self.workers} workers serving",
+            )
         return self
 
     def healthz(self) -> int:
