@@ -47,7 +47,8 @@ RESTART_FIRST_SECONDS = 0.1
 RESTART_MAX_SECONDS = 5.0
 MAX_RESTARTS = 5
 CRASH_WINDOW_SECONDS = 60
-# Closing chat sockets (<= 5 s) plus Hypercorn's graceful timeout (5 s).
+# A worker's stop: Hypercorn's graceful timeout for connections (5 s), then
+# the app's own shutdown (ChatHub.stop, at most 4 s), with room to spare.
 STOP_SECONDS = 15
 
 
