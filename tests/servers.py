@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -221,60 +220,45 @@ def accepts_connections(port: int) -> bool:
         return False
 
 
-class TcpProxy:
-    """A reverse proxy for tests: each connection goes to the next backend that accepts it.
+class Caddy:
+    """Caddy as the reverse proxy in front of chat servers, set up like deploy/Caddyfile:
+    a backend that refuses connections (being restarted) is skipped for another."""
 
-    Like a load balancer with passive health checks, a backend that refuses a
-    connection (being restarted) is skipped, so clients reach the other one.
-    """
-
-    def __init__(self, backends: list[int]) -> None:
+    def __init__(self, workdir: Path, backends: list[int]) -> None:
+        self.workdir = workdir
         self.backends = backends
-        self.port = 0
-        self._next = 0
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+    def start(self) -> Caddy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        upstreams = " ".join(f"127.0.0.1:{port}" for port in self.backends)
+        config = self.workdir / "Caddyfile"
+        config.write_text(
+            "{\n\tadmin off\n\tauto_https off\n}\n"
+            f"http://127.0.0.1:{self.port} {{\n"
+            f"\treverse_proxy {upstreams} {{\n"
+            "\t\tlb_policy round_robin\n\t\tlb_try_duration 5s\n\t\tfail_duration 10s\n"
+            "\t}\n}\n"
+        )
+        log = open(self.workdir / "caddy.log", "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            ["caddy", "run", "--adapter", "caddyfile", "--config", str(config)],
+            cwd=self.workdir,
+            env={**os.environ, "HOME": str(self.workdir), "XDG_DATA_HOME": str(self.workdir)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for(lambda: accepts_connections(self.port), what="caddy")
         return self
 
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._pipes:
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(len(self.backends)):
-            port = self.backends[self._next % len(self.backends)]
-            self._next += 1
-            try:
-                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                continue
-            await asyncio.gather(
-                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-            )
-            return
-        writer.close()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._pipes.discard(task)
-            writer.close()
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
