@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"quart-chat: error: {error}", file=sys.stderr)
         return 2
-    except CannotServe as error:
+    except (CannotServe, OSError) as error:
+        # OSError: anything else the system refused, which names its file.
         print(f"quart-chat: error: {error}", file=sys.stderr)
         return 1

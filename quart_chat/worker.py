@@ -3,10 +3,10 @@
 The launcher binds the listening socket once and starts each worker as
 `python -m quart_chat.worker FD` with that socket inherited as file descriptor
 FD, so every worker accepts from the same queue and no second server can bind
-the port. On SIGTERM the worker stops accepting and closes every chat socket
-with 1012 ("service restart": clients reconnect at once, to another worker or
-server, and resume with `join after`); once they are gone Hypercorn stops the
-app, which withdraws this worker's presence.
+the port. On SIGTERM the worker closes every chat socket with 1012 ("service
+restart": clients reconnect at once, to another worker or server, and resume
+with `join after`) and stops accepting; once the connections are gone,
+Hypercorn stops the app, which withdraws this worker's presence.
 """
 
 from __future__ import annotations
