@@ -176,8 +176,10 @@ class ChatServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        assert self.process is not None
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Stop it if it runs; its exit status (None if it was never started)."""
+        if self.process is None:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -55,13 +56,18 @@ def test_killed_launcher_leaves_no_orphan_redis_and_no_worker_serving(tmp_path: 
     workers = worker_pids(server)
     assert len(workers) == 2
     server.stop(signal.SIGKILL)
-    wait_for(lambda: not process_alive(redis_pid), timeout=10, what="orphaned redis to exit")
-    wait_for(
-        lambda: not any(process_alive(pid) for pid in workers),
-        timeout=20,
-        what="orphaned workers to exit",
-    )
-    assert not accepts_connections(server.port)
+    try:
+        wait_for(lambda: not process_alive(redis_pid), timeout=10, what="orphaned redis to exit")
+        wait_for(
+            lambda: not any(process_alive(pid) for pid in workers),
+            timeout=20,
+            what="orphaned workers to exit",
+        )
+        assert not accepts_connections(server.port)
+    finally:
+        for pid in [redis_pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_second_server_on_same_data_dir_is_refused(tmp_path: Path) -> None:
@@ -127,13 +133,16 @@ def test_workers_dying_over_and_over_make_the_launcher_give_up_non_zero(tmp_path
     server = ChatServer(tmp_path, env={}, workers=1).start()
     assert server.process is not None
     killed: list[int] = []
-    while server.process.poll() is None:
-        assert len(killed) < 20, server.log()
-        pids = [pid for pid in worker_pids(server) if pid not in killed]
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        time.sleep(0.05)
+    try:
+        while server.process.poll() is None:
+            assert len(killed) < 20, server.log()
+            pids = [pid for pid in worker_pids(server) if pid not in killed]
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+    finally:
+        server.stop()
     assert server.process.wait() == 1
     assert "giving up" in server.log()
     assert len(killed) == 6
@@ -147,7 +156,10 @@ def test_a_worker_that_cannot_start_stops_the_launcher_non_zero(tmp_path: Path) 
     # start, and restarting it in a loop would not help.
     (tmp_path / "var" / "secret_key").write_text("short\n")
     os.kill(worker_pids(server)[0], signal.SIGKILL)
-    assert server.process.wait(30) == 1
+    try:
+        assert server.process.wait(30) == 1
+    finally:
+        server.stop()
     log = server.log()
     assert "the stored secret key is too short" in log
     assert "failed to start; stopping" in log
@@ -156,9 +168,9 @@ def test_a_worker_that_cannot_start_stops_the_launcher_non_zero(tmp_path: Path) 
 
 def test_a_second_server_on_a_taken_port_exits_with_one_line(tmp_path: Path) -> None:
     first = ChatServer(tmp_path / "first", env={}, workers=2).start()
+    second = ChatServer(tmp_path / "second", env={}, workers=2)
+    second.port = first.port
     try:
-        second = ChatServer(tmp_path / "second", env={}, workers=2)
-        second.port = first.port
         second.start(wait=False)
         assert second.process is not None
         assert second.process.wait(30) == 1
@@ -169,6 +181,7 @@ def test_a_second_server_on_a_taken_port_exits_with_one_line(tmp_path: Path) -> 
         for _ in range(20):
             assert first.healthz() == 200
     finally:
+        second.stop()
         assert first.stop() == 0
 
 

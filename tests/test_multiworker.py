@@ -523,11 +523,12 @@ async def test_a_rolling_restart_behind_caddy_loses_repeats_and_refuses_nothing(
         ChatServer(tmp_path_factory.mktemp(f"mw-roll-{name}"), env=server_env(redis_server))
         for name in ("one", "two")
     )
-    await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
-    proxy = Caddy(tmp_path_factory.mktemp("mw-roll-caddy"), [one.port, two.port]).start()
+    proxy = Caddy(tmp_path_factory.mktemp("mw-roll-caddy"), [one.port, two.port])
     close_codes: list[int | None] = []
     restarted = asyncio.Event()
     try:
+        await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+        proxy.start()
         eve = await log_in(redis, proxy)
         async with await eve.open() as ws:
             await send(ws, "before the restart", "start")
