@@ -192,6 +192,8 @@ class Broker:
         self._subscribed = asyncio.Event()
         self._backoff = BACKOFF_FIRST_SECONDS
         self._last_heard = 0.0
+        # Set by `close_all`: the code every socket registered from then on is closed with.
+        self._closing: int | None = None
 
     @property
     def subscribed(self) -> bool:
@@ -206,8 +208,16 @@ class Broker:
     def register(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         self._sessions.setdefault(subscriber.session_id, set()).add(subscriber)
-        if not self.subscribed:
+        if self._closing is not None:
+            subscriber.close(self._closing)
+        elif not self.subscribed:
             subscriber.close(CLOSE_SERVER_ERROR)
+
+    def close_all(self, code: int) -> None:
+        """The worker is going away: close every socket with `code`, now and from now on."""
+        self._closing = code
+        for subscriber in list(self._subscribers):
+            subscriber.close(code)
 
     def unregister(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)

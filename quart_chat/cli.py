@@ -36,13 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    from .launcher import serve
+    from .launcher import CannotServe, serve
 
     try:
         return serve(load_settings(), args.bind, args.workers)
     except SettingsError as error:
         print(f"quart-chat: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        print(f"quart-chat: error: cannot serve on {args.bind}: {error.strerror}", file=sys.stderr)
+    except (CannotServe, OSError) as error:
+        # OSError: anything else the system refused, which names its file.
+        print(f"quart-chat: error: {error}", file=sys.stderr)
         return 1

@@ -124,6 +124,7 @@ class ChatServer:
     def start(self, wait: bool = True) -> ChatServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log_start = log.tell()
         self.process = subprocess.Popen(
             [
                 self.python,
@@ -144,6 +145,15 @@ class ChatServer:
         log.close()
         if wait:
             self.wait_healthy()
+            # /healthz answers from the first worker up; wait for all of them.
+            wait_for(
+                lambda: (
+                    self.log_path.read_bytes()[log_start:].count(b"Running on http://")
+                    >= self.workers
+                ),
+                timeout=30,
+                what=f"{self.workers} workers serving",
+            )
         return self
 
     def healthz(self) -> int:
@@ -166,8 +176,10 @@ class ChatServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        assert self.process is not None
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """Stop it if it runs; its exit status (None if it was never started)."""
+        if self.process is None:
+            return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
@@ -177,3 +189,78 @@ class ChatServer:
                 self.process.wait()
                 raise
         return self.process.returncode
+
+
+def child_pids(parent: int, command: str) -> list[int]:
+    """Live processes whose parent is `parent` and whose command line contains `command`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == parent and state != "Z" and command in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def worker_pids(server: ChatServer) -> list[int]:
+    assert server.process is not None
+    return child_pids(server.process.pid, "quart_chat.worker")
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Caddy:
+    """Caddy as the reverse proxy in front of chat servers, set up like deploy/Caddyfile:
+    a backend that refuses connections (being restarted) is skipped for another."""
+
+    def __init__(self, workdir: Path, backends: list[int]) -> None:
+        self.workdir = workdir
+        self.backends = backends
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Caddy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        upstreams = " ".join(f"127.0.0.1:{port}" for port in self.backends)
+        config = self.workdir / "Caddyfile"
+        config.write_text(
+            "{\n\tadmin off\n\tauto_https off\n}\n"
+            f"http://127.0.0.1:{self.port} {{\n"
+            f"\treverse_proxy {upstreams} {{\n"
+            "\t\tlb_policy round_robin\n\t\tlb_try_duration 5s\n\t\tfail_duration 10s\n"
+            "\t}\n}\n"
+        )
+        log = open(self.workdir / "caddy.log", "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            ["caddy", "run", "--adapter", "caddyfile", "--config", str(config)],
+            cwd=self.workdir,
+            env={**os.environ, "HOME": str(self.workdir), "XDG_DATA_HOME": str(self.workdir)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for(lambda: accepts_connections(self.port), what="caddy")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

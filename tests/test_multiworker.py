@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from quart_auth.extension import _AuthSerializer
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from quart_chat.sessions import create_session, get_or_create_user, revoke_session
 
-from .servers import ChatServer, RedisServer
+from .servers import Caddy, ChatServer, RedisServer, worker_pids
 
 SECRET = "multiworker-secret-" + "k" * 32
 WAIT = 15.0
@@ -73,15 +77,18 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 
 class Person:
-    def __init__(self, server: ChatServer, user_id: str, session_id: str) -> None:
+    def __init__(self, server: ChatServer | Caddy, user_id: str, session_id: str) -> None:
         self.server = server
         self.user_id = user_id
         self.session_id = session_id
         token = _AuthSerializer(SECRET, "quart auth salt").dumps(session_id)
         self.cookie = f"QUART_AUTH={token}"
+        # Handshakes that failed and were retried, which a browser would show.
+        self.failed_handshakes = 0
 
     async def open(self, patience: float = 0, **options: Any) -> ClientConnection:
-        """Connect and read `ready`; with patience, retry while the server answers 503."""
+        """Connect and read `ready`; with patience, retry while the server answers 503,
+        or is stopping: it drops the handshake or closes the socket at once."""
         deadline = asyncio.get_running_loop().time() + patience
         while True:
             try:
@@ -92,17 +99,24 @@ class Person:
                     open_timeout=WAIT,
                     **options,
                 )
-            except (InvalidStatus, OSError):
+            except (InvalidHandshake, OSError):
+                self.failed_handshakes += 1
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.2)
                 continue
-            ready = await receive(ws)
+            try:
+                ready = await receive(ws)
+            except ConnectionClosed:
+                self.failed_handshakes += 1
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                continue
             assert ready["type"] == "ready"
             return ws
 
 
-async def log_in(redis: Redis, server: ChatServer, name: str | None = None) -> Person:
+async def log_in(redis: Redis, server: ChatServer | Caddy, name: str | None = None) -> Person:
     email = f"{name or secrets.token_hex(4)}@example.com"
     user = await get_or_create_user(redis, email)
     return Person(server, user.id, await create_session(redis, user, 3600))
@@ -366,7 +380,8 @@ async def test_permessage_deflate_is_declined_unless_enabled(
         return str((await receive_type(ws, "message"))["text"])
 
     ann = await log_in(redis, server)
-    async with await ann.open(compression="deflate") as ws:
+    # Patience: a worker may still be resubscribing after the Redis restart test.
+    async with await ann.open(patience=30, compression="deflate") as ws:
         assert ws.response is not None
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
         assert await chat_through(ws, "plain " * 50) == "plain " * 50
@@ -384,3 +399,198 @@ async def test_permessage_deflate_is_declined_unless_enabled(
             assert await chat_through(ws, "squeezed " * 50) == "squeezed " * 50
     finally:
         compressing.stop()
+
+
+async def test_a_killed_worker_is_replaced_while_chat_goes_on(
+    redis_server: RedisServer, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    chat = ChatServer(
+        tmp_path_factory.mktemp("mw-crash"), env=server_env(redis_server), workers=2
+    ).start()
+    try:
+        ann, bob = await log_in(redis, chat), await log_in(redis, chat)
+        ann_ws, bob_ws = await on_two_workers(ann, bob)
+        before = {worker(ann_ws), worker(bob_ws)}
+        os.kill(worker_pids(chat)[0], signal.SIGKILL)
+        # One of the two sockets was on the dead worker; the other chats on.
+        done, pending = await asyncio.wait(
+            [asyncio.create_task(close_code(ws)) for ws in (ann_ws, bob_ws)],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        assert [task.result() for task in done] == [1006]
+        survivor = bob_ws if ann_ws.close_code is not None else ann_ws
+        await join(survivor)
+        await send(survivor, "still here", "still")
+        assert (await receive_type(survivor, "message"))["text"] == "still here"
+        async with asyncio.timeout(WAIT):
+            while "was killed by SIGKILL; starting a new one" not in chat.log():
+                await asyncio.sleep(0.05)
+
+        # The dead worker is replaced: two workers serve again, one of them new,
+        # and messages cross between them.
+        cid = await log_in(redis, chat)
+        async with asyncio.timeout(60):
+            while True:
+                ws = await cid.open(patience=30)
+                if worker(ws) not in before:
+                    break
+                await ws.close()
+                await asyncio.sleep(0.1)
+        async with ws:
+            await join(ws)
+            await send(survivor, "to the new worker", "new")
+            assert (await receive_type(ws, "message"))["text"] == "to the new worker"
+        await survivor.close()
+        assert len(worker_pids(chat)) == 2
+    finally:
+        assert chat.stop() == 0, chat.log()
+
+
+async def presence_of(redis: Redis, worker_id: str) -> tuple[float | None, int]:
+    """The worker's heartbeat expiry and how many users it counts, as Redis has them."""
+    return (
+        await redis.zscore("presence:workers", worker_id),
+        await redis.hlen(f"presence:worker:{worker_id}"),  # type: ignore[misc]
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_stopping_closes_every_socket_with_1012_and_withdraws_presence(
+    redis_server: RedisServer,
+    redis: Redis,
+    tmp_path_factory: pytest.TempPathFactory,
+    sig: int,
+) -> None:
+    chat = ChatServer(
+        tmp_path_factory.mktemp("mw-stop"), env=server_env(redis_server), workers=2
+    ).start()
+    people = [await log_in(redis, chat) for _ in range(3)]
+    first, second = await on_two_workers(people[0], people[1])
+    sockets = [first, second] + [await person.open() for person in people for _ in range(3)]
+    workers = {worker(ws) for ws in sockets}
+    assert len(workers) == 2
+    for ws in sockets[:4]:
+        await join(ws)
+    for worker_id in workers:
+
+        async def counted(worker_id: str = worker_id) -> bool:
+            return (await presence_of(redis, worker_id))[1] > 0
+
+        while not await counted():
+            await asyncio.sleep(0.05)
+    pids = worker_pids(chat)
+    closing = [asyncio.create_task(close_code(ws)) for ws in sockets]
+    try:
+        assert await asyncio.to_thread(chat.stop, sig) == 0, chat.log()
+    finally:
+        chat.stop()
+    assert await asyncio.gather(*closing) == [1012] * len(sockets)
+    for worker_id in workers:
+        assert await presence_of(redis, worker_id) == (None, 0)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def read_room(ws: ClientConnection, after: str, until: str) -> list[dict[str, Any]]:
+    """Join `general` after `after` and read until the message with client_id `until`
+    or until the server closes the socket."""
+    seen: list[dict[str, Any]] = []
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(json.dumps({"type": "join", "room": "general", "after": after}))
+        while True:
+            page = await receive_type(ws, "history")
+            seen += page["messages"]
+            if not page["has_more"]:
+                break
+        while not seen or seen[-1]["client_id"] != until:
+            seen.append(await receive_type(ws, "message"))
+    return seen
+
+
+async def test_a_rolling_restart_behind_caddy_loses_repeats_and_refuses_nothing(
+    redis_server: RedisServer, redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two servers share one Redis behind Caddy; one is stopped and started again
+    while a sender posts and readers on both servers follow the room."""
+    if shutil.which("caddy") is None:
+        reason = "needs caddy on PATH (apt-get install caddy)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    one, two = (
+        ChatServer(tmp_path_factory.mktemp(f"mw-roll-{name}"), env=server_env(redis_server))
+        for name in ("one", "two")
+    )
+    proxy = Caddy(tmp_path_factory.mktemp("mw-roll-caddy"), [one.port, two.port])
+    close_codes: list[int | None] = []
+    restarted = asyncio.Event()
+    try:
+        await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+        proxy.start()
+        eve = await log_in(redis, proxy)
+        async with await eve.open() as ws:
+            await send(ws, "before the restart", "start")
+            start = (await receive_type(ws, "message"))["id"]
+
+        async def follow(person: Person) -> list[str]:
+            seen: list[dict[str, Any]] = []
+            while not seen or seen[-1]["client_id"] != "done":
+                ws = await person.open(patience=30)
+                seen += await read_room(ws, seen[-1]["id"] if seen else start, until="done")
+                if ws.close_code is not None:
+                    close_codes.append(ws.close_code)
+                await ws.close()
+            return [message["id"] for message in seen]
+
+        async def post() -> list[str]:
+            """Send until the restart is over and a little after, resending what was
+            not acknowledged with the same client_id, as the page does."""
+            sent: list[str] = []
+            last: int | None = None  # how many to send in all, once the restart is over
+            ws = await eve.open(patience=30)
+            while True:
+                if restarted.is_set() and last is None:
+                    last = len(sent) + 20
+                client_id = "done" if len(sent) == last else f"m{len(sent)}"
+                try:
+                    await send(ws, client_id, client_id)
+                    while (await receive_type(ws, "message"))["client_id"] != client_id:
+                        pass
+                except ConnectionClosed:
+                    close_codes.append(ws.close_code)
+                    ws = await eve.open(patience=30)
+                    continue
+                sent.append(client_id)
+                if client_id == "done":
+                    await ws.close()
+                    return sent
+                await asyncio.sleep(0.02)
+
+        readers = [await log_in(redis, proxy) for _ in range(4)]
+        following = [asyncio.create_task(follow(person)) for person in readers]
+        posting = asyncio.create_task(post())
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(one.stop) == 0, one.log()
+        await asyncio.to_thread(one.start)
+        restarted.set()
+        sent = await posting
+        seen_by_readers = await asyncio.gather(*following)
+    finally:
+        proxy.stop()
+        two.stop()
+        one.stop()
+
+    stored = [
+        (entry_id.decode(), fields[b"client_id"].decode())
+        for entry_id, fields in await redis.xrange("history:general", min=f"({start}")
+    ]
+    assert [client_id for _, client_id in stored] == sent  # each exactly once, in order
+    for seen in seen_by_readers:
+        assert seen == [entry_id for entry_id, _ in stored]
+    # Everyone on the restarted server was told to reconnect, and did so at the
+    # first try: nobody saw an error.
+    assert close_codes
+    assert set(close_codes) == {1012}
+    assert [person.failed_handshakes for person in [eve, *readers]] == [0] * 5
