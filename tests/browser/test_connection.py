@@ -183,18 +183,11 @@ def restarting_server(
             server.stop()
 
 
-NEEDS_1012 = pytest.mark.xfail(
-    strict=True,
-    reason="needs the launcher's graceful shutdown: SIGTERM closes with 1011 or 1006, not 1012",
-)
-
-
 def closed_for_restart(page: Page) -> None:
     codes = [code for code, _ in seen(page)["closed"]]
     assert 1012 in codes, f"the server closed the page's socket with {codes}, not 1012"
 
 
-@NEEDS_1012
 def test_a_restart_reconnects_at_once_and_shows_no_error(
     chat_server: ChatServer, restarting_server: ChatServer, browsers: Browsers
 ) -> None:
@@ -232,7 +225,7 @@ def test_a_restart_reconnects_at_once_and_shows_no_error(
 def test_tabs_reconnecting_after_a_restart_are_spread_out(
     chat_server: ChatServer, restarting_server: ChatServer, browsers: Browsers
 ) -> None:
-    # Whatever the close code (1012 once the launcher sends it, 1011 or 1006 before),
+    # Whatever the close code,
     # the first reconnect is spread, so a restarted server is not hit by every tab at once.
     relay = TcpRelay(restarting_server.port).start()
     try:
