@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -12,11 +14,46 @@ from .broker import PRESENCE_CHANNEL, Broker
 from .config import Settings
 from .history import RoomHistory
 from .presence import PresenceTracker
+from .storage import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
 START_WAIT_SECONDS = 5.0
 STOP_WAIT_SECONDS = 2.0
+# A loop that fails is restarted after a capped, jittered backoff; one that ran
+# this long before failing starts again from the first step.
+RESTART_FIRST_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+RESTART_RESET_SECONDS = 60.0
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop for the life of the worker, restarting it whenever it ends.
+
+    The loops handle the failures they expect (Redis going away) themselves;
+    anything else is a bug, and a worker whose presence writer or listener
+    silently stopped would look healthy while other workers reap its users as
+    offline. So: log it with its traceback, wait, start again. Only
+    cancellation (shutdown) stops a supervised loop.
+    """
+    loop = asyncio.get_running_loop()
+    backoff = RESTART_FIRST_SECONDS
+    while True:
+        started = loop.time()
+        try:
+            await run()
+        except Exception:
+            failure = "failed"
+            log.exception("background task %s failed", name)
+        else:
+            failure = "returned"
+        raise_if_cancelled()
+        if loop.time() - started >= RESTART_RESET_SECONDS:
+            backoff = RESTART_FIRST_SECONDS
+        delay = backoff * random.uniform(0.5, 1.0)
+        log.error("background task %s %s; restarting it in %.1fs", name, failure, delay)
+        await asyncio.sleep(delay)
+        backoff = min(backoff * 2, RESTART_MAX_SECONDS)
 
 
 class ChatHub:
@@ -29,10 +66,13 @@ class ChatHub:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "chat-pubsub": self.broker.listen,
+            "chat-session-sweep": self.broker.sweep_sessions,
+            "chat-presence": self.presence.run,
+        }
         self._tasks = [
-            asyncio.create_task(self.broker.listen(), name="chat-pubsub"),
-            asyncio.create_task(self.broker.sweep_sessions(), name="chat-session-sweep"),
-            asyncio.create_task(self.presence.run(), name="chat-presence"),
+            asyncio.create_task(supervise(name, run), name=name) for name, run in loops.items()
         ]
         # Serve at once if Redis is down; sockets are refused until it is back.
         try:
