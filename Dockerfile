@@ -38,7 +38,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 9990
 # No curl in slim images: the venv's Python asks /healthz, which is 200 only
-# while Redis answers; urlopen raises (exit 1) on a 503 or a refused connection.
+# while Redis answers and the worker is subscribed to its pub/sub (it can chat);
+# urlopen raises (exit 1) on a 503 or a refused connection.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9990/healthz', timeout=4)"]
 # Exec form, and `exec` in the shell that only expands CHAT_WORKERS: the shell
