@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections import deque
 
 from hypercorn.typing import ASGISendCallable
@@ -36,6 +37,8 @@ PRESENCE_CHANNEL = "chat:presence"
 CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_LOGGED_OUT = 4401
+# Like HTTP 408: the client sent nothing, not even its heartbeat, for too long.
+CLOSE_IDLE = 4408
 
 # Frames waiting for one socket; the frames themselves are shared, so a full
 # outbox costs a few KB of pointers, not copies.
@@ -49,6 +52,10 @@ BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 # Expired sessions are noticed by polling; revoked ones are announced at once.
 SESSION_SWEEP_SECONDS = 30.0
+# Silent sockets are looked for this many times per idle timeout, so one is
+# closed at most a quarter of the timeout late.
+IDLE_SWEEPS_PER_TIMEOUT = 4
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
 
 
 class Subscriber:
@@ -69,12 +76,16 @@ class Subscriber:
         "_sender",
         "_started",
         "close_code",
+        "heard",
         "session_id",
     )
 
     def __init__(self, session_id: str, send: ASGISendCallable, limit: int = OUTBOX_FRAMES) -> None:
         self.session_id = session_id
         self.close_code: int | None = None
+        # When the client last sent a frame (time.monotonic()); the serving task
+        # sets it and one sweep per worker reads it: no timer per socket.
+        self.heard = time.monotonic()
         self._send = send
         self._limit = limit
         self._frames: deque[str] | None = None
@@ -180,9 +191,15 @@ class _Joining:
 class Broker:
     """The worker's subscribers, indexed by room and session, fed by one pub/sub listener."""
 
-    def __init__(self, redis_url: str, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        redis: Redis,
+        idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    ) -> None:
         self.worker_id = secrets.token_hex(6)
         self.redis = redis
+        self.idle_timeout_seconds = idle_timeout_seconds
         self._redis_url = redis_url
         self._subscribers: set[Subscriber] = set()
         self._sessions: dict[str, set[Subscriber]] = {}
@@ -402,6 +419,31 @@ class Broker:
             await asyncio.sleep(PUBSUB_IDLE_SECONDS)
             if self._last_heard < pinged:
                 raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
+
+    # -- silent peers ------------------------------------------------------------
+
+    async def sweep_idle(self) -> None:
+        """Close sockets whose client went silent: a peer that vanished without a FIN.
+
+        Neither Hypercorn nor TCP would: Hypercorn's `websocket_ping_interval`
+        sends pings but never checks for the pong (and costs a task per
+        socket), and the kernel only gives up on a dead peer when something
+        unacknowledged is outstanding, after ~15 minutes of retransmits.
+        """
+        while True:
+            await asyncio.sleep(self.idle_timeout_seconds / IDLE_SWEEPS_PER_TIMEOUT)
+            closed = self.close_idle()
+            if closed:
+                log.info(
+                    "closed %d WebSocket(s) silent for over %gs", closed, self.idle_timeout_seconds
+                )
+
+    def close_idle(self) -> int:
+        deadline = time.monotonic() - self.idle_timeout_seconds
+        silent = [s for s in self._subscribers if s.heard < deadline]
+        for subscriber in silent:
+            subscriber.close(CLOSE_IDLE)
+        return len(silent)
 
     # -- expired sessions --------------------------------------------------------
 

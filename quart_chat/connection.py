@@ -11,6 +11,7 @@ Cleanup is synchronous and in `finally`, so it runs on every path.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
@@ -20,6 +21,7 @@ from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
 from .history import JOIN_LAST, Page
 from .hub import ChatHub
 from .protocol import (
+    PONG,
     RATE_LIMITED,
     ROOMS,
     UNAVAILABLE,
@@ -27,6 +29,7 @@ from .protocol import (
     FrameError,
     History,
     Join,
+    Ping,
     Send,
     Typing,
     encode,
@@ -37,10 +40,13 @@ from .sessions import User, session_exists
 from .storage import raise_if_cancelled
 
 SEND_WINDOW_SECONDS = 60
+# At most one pong per this interval on a socket; pings in between are dropped
+# without a word, so a ping flood costs a JSON parse each and amplifies nothing.
+PONG_INTERVAL_SECONDS = 0.25
 
 
 class ChatConnection:
-    __slots__ = ("_receive", "hub", "session_id", "subscriber", "user")
+    __slots__ = ("_ponged", "_receive", "hub", "session_id", "subscriber", "user")
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class ChatConnection:
         self.user = user
         self.session_id = session_id
         self._receive = receive
+        self._ponged = 0.0
         self.subscriber = Subscriber(session_id, send)
 
     async def serve(self) -> int | None:
@@ -106,6 +113,7 @@ class ChatConnection:
                 return
             if kind != "websocket.receive":
                 continue  # `websocket.connect`, which servers send first
+            subscriber.heard = time.monotonic()
             raw = event.get("text")
             if raw is None:
                 raw = event.get("bytes") or b""
@@ -116,6 +124,9 @@ class ChatConnection:
             raise_if_cancelled()
 
     async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Ping):
+            self._pong()
+            return
         try:
             if isinstance(frame, Send):
                 await self._post(frame)
@@ -129,6 +140,12 @@ class ChatConnection:
         except (RedisError, OSError):
             client_id = frame.client_id if isinstance(frame, Send) else None
             raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
+
+    def _pong(self) -> None:
+        now = self.subscriber.heard
+        if now - self._ponged >= PONG_INTERVAL_SECONDS:
+            self._ponged = now
+            self.subscriber.deliver(PONG)
 
     async def _post(self, frame: Send) -> None:
         hub = self.hub

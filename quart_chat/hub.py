@@ -60,7 +60,7 @@ class ChatHub:
     def __init__(self, settings: Settings, redis: Redis, redis_url: str) -> None:
         self.settings = settings
         self.redis = redis
-        self.broker = Broker(redis_url, redis)
+        self.broker = Broker(redis_url, redis, settings.ws_idle_timeout_seconds)
         self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
         self.history = RoomHistory(redis, settings.history_per_room)
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,6 +69,7 @@ class ChatHub:
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "chat-pubsub": self.broker.listen,
             "chat-session-sweep": self.broker.sweep_sessions,
+            "chat-idle-sweep": self.broker.sweep_idle,
             "chat-presence": self.presence.run,
         }
         self._tasks = [

@@ -385,6 +385,38 @@ async def test_a_quiet_pubsub_connection_is_kept_with_pings_and_never_taken_for_
             assert (await receive_type(bob_ws, "message"))["text"] == "still connected?"
 
 
+# -- heartbeat ------------------------------------------------------------------------
+
+
+async def test_a_ping_is_answered_with_a_pong_on_that_socket_only(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as pinging, ann.socket() as other:
+        await start(pinging, join=False)
+        await start(other, join=False)
+        await pinging.send_json({"type": "ping"})
+        assert await receive_type(pinging, "pong") == {"type": "pong"}
+        # The other tab hears nothing but presence: a request it can tell apart.
+        await other.send_json({"type": "history", "room": "general"})
+        assert (await receive_type(other, "history"))["messages"] == []
+
+
+async def test_a_ping_flood_gets_a_few_pongs_not_one_each(app: ChatApp, redis: Redis) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as ws:
+        await start(ws, join=False)
+        for _ in range(200):
+            await ws.send_json({"type": "ping"})
+        # A request after the flood: its answer comes after every pong sent for it.
+        await ws.send_json({"type": "history", "room": "general"})
+        pongs = 0
+        while (frame := await receive(ws))["type"] != "history":
+            assert frame["type"] in {"pong", "presence"}, frame
+            pongs += frame["type"] == "pong"
+        assert 1 <= pongs < 20
+
+
 # -- presence -------------------------------------------------------------------------
 
 
