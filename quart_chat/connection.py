@@ -90,18 +90,17 @@ class ChatConnection:
             return  # `register` refused it: this worker has lost Redis
         try:
             # A logout announced between the handshake and `register` was missed.
-            if not await session_exists(self.hub.redis, self.session_id):
+            if not await session_exists(self.hub.pipelined, self.session_id):
                 self.subscriber.close(CLOSE_LOGGED_OUT)
                 return
-            online = await self.hub.presence.online()
+            online = await self.hub.presence.online_json()
         except (RedisError, OSError):
             self.subscriber.close(CLOSE_SERVER_ERROR)
             return
         raise_if_cancelled()
-        user = self.user.public()
-        self.subscriber.start(
-            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
-        )
+        # Spliced in as text: the list is encoded once per change, not per socket.
+        user = encode({"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)})
+        self.subscriber.start(f'{user[:-1]},"online":{online}}}')
 
     async def _receive_loop(self) -> None:
         max_chars = self.hub.settings.message_max_chars

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from .protocol import encode, stream_id_key
 from .sessions import User
-from .storage import as_text
+from .storage import Commands, as_text
 
 ROOM_CHANNEL_PREFIX = "chat:room:"
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -76,8 +76,9 @@ class Page:
 
 
 class RoomHistory:
-    def __init__(self, redis: Redis, max_per_room: int) -> None:
+    def __init__(self, redis: Redis, max_per_room: int, reads: Commands | None = None) -> None:
         self.redis = redis
+        self.reads: Commands = reads or redis
         self.max_per_room = max_per_room
         self._post = redis.register_script(_POST)
 
@@ -109,14 +110,18 @@ class RoomHistory:
 
     async def get(self, room: str, message_id: str) -> dict[str, Any] | None:
         key = stream_key(room)
-        entries = cast(list[Entry], await self.redis.xrange(key, message_id, message_id))
+        entries = cast(
+            list[Entry], await self.reads.execute_command("XRANGE", key, message_id, message_id)
+        )
         return _from_entry(room, entries[0]) if entries else None
 
     async def after(self, room: str, after: str, count: int = JOIN_PAGE) -> Page:
         """Messages strictly after `after`, oldest first; `has_more` if the page is not the end."""
         entries = cast(
             list[Entry],
-            await self.redis.xrange(stream_key(room), f"({after}", "+", count=count + 1),
+            await self.reads.execute_command(
+                "XRANGE", stream_key(room), f"({after}", "+", "COUNT", count + 1
+            ),
         )
         return Page([_from_entry(room, e) for e in entries[:count]], len(entries) > count)
 
@@ -124,7 +129,10 @@ class RoomHistory:
         """The `count` messages before `before` (or the newest), newest last."""
         end = "+" if before is None else f"({before}"
         entries = cast(
-            list[Entry], await self.redis.xrevrange(stream_key(room), end, "-", count=count + 1)
+            list[Entry],
+            await self.reads.execute_command(
+                "XREVRANGE", stream_key(room), end, "-", "COUNT", count + 1
+            ),
         )
         has_more = len(entries) > count
         return Page([_from_entry(room, e) for e in reversed(entries[:count])], has_more)

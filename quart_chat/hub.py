@@ -14,7 +14,7 @@ from .broker import PRESENCE_CHANNEL, Broker
 from .config import Settings
 from .history import RoomHistory
 from .presence import PresenceTracker
-from .storage import raise_if_cancelled
+from .storage import Pipelined, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,11 @@ class ChatHub:
         self.redis = redis
         self.broker = Broker(redis_url, redis, settings.ws_idle_timeout_seconds)
         self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
-        self.history = RoomHistory(redis, settings.history_per_room)
+        self.broker.presence_observer = self.presence
+        # Handshakes, `ready` and joins read through this: a burst of them costs
+        # a round trip per pipeline, not per socket.
+        self.pipelined = Pipelined(redis)
+        self.history = RoomHistory(redis, settings.history_per_room, reads=self.pipelined)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
