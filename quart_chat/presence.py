@@ -259,13 +259,21 @@ class PresenceTracker:
 
     def observe(self, frame: str) -> None:
         """A presence announcement from pub/sub (any worker's, in publish order)."""
-        announced = json.loads(frame)
-        user = announced["user"]
-        public = encode(user) if announced["status"] == "online" else None
+        try:
+            announced = json.loads(frame)
+            user = announced["user"]
+            user_id = user["id"]
+            public = encode(user) if announced["status"] == "online" else None
+        except (ValueError, TypeError, KeyError):
+            # Not ours (anyone with Redis access can publish): the list is no
+            # longer known to be current, so read it again rather than fail.
+            log.warning("ignoring a malformed presence announcement: %.200r", frame)
+            self._known = self._known_json = None
+            return
         if self._heard_meanwhile is not None:
-            self._heard_meanwhile.append((user["id"], public))
+            self._heard_meanwhile.append((user_id, public))
         if self._known is not None:
-            _apply(self._known, user["id"], public)
+            _apply(self._known, user_id, public)
             self._known_json = None
 
     def pubsub_up(self) -> None:
