@@ -602,6 +602,10 @@ async def idle_clients(
             if first.get("type") != "ready":
                 raise RuntimeError(f"first frame was not ready: {first}")
             await socket.send(json.dumps({"type": "join", "room": "general"}))
+            # Joined once its backlog is in: a probe stored before that arrives in
+            # the backlog, not as a live message.
+            while loads(await socket.recv()).get("type") != "history":
+                pass
             return socket
 
     sockets = list(await asyncio.gather(*(one(i) for i in range(count))))
