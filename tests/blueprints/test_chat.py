@@ -402,6 +402,21 @@ async def test_a_ping_is_answered_with_a_pong_on_that_socket_only(
         assert (await receive_type(other, "history"))["messages"] == []
 
 
+async def test_pings_do_not_count_against_the_send_limit(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(redis_url, tmp_path, messages_per_minute=1))
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        async with ann.socket() as ws:
+            await start(ws, join=False)
+            for _ in range(3):
+                await ws.send_json({"type": "ping"})
+                assert await receive_type(ws, "pong") == {"type": "pong"}
+                await asyncio.sleep(0.3)  # past the pong interval: each one answered
+            assert (await send_text(ws, "still allowed", "c-1"))["text"] == "still allowed"
+
+
 async def test_a_ping_flood_gets_a_few_pongs_not_one_each(app: ChatApp, redis: Redis) -> None:
     ann = await log_in(app, redis, "ann@example.com")
     async with ann.socket() as ws:
