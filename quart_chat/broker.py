@@ -44,9 +44,11 @@ CLOSE_IDLE = 4408
 # Frames waiting for one socket; the frames themselves are shared, so a full
 # outbox costs a few KB of pointers, not copies.
 OUTBOX_FRAMES = 512
-# The listener lets the sockets send after this many frames in a row; well
-# under OUTBOX_FRAMES, so only a client that really cannot keep up is closed.
-DISPATCH_BATCH = 64
+# The listener lets the sockets send after this many frames in a row: well
+# under OUTBOX_FRAMES, so only a client that really cannot keep up is closed,
+# and small enough that one pass of the event loop (every socket sending its
+# share) stays short and handshakes in the same burst keep moving.
+DISPATCH_BATCH = 16
 # How long the pub/sub connection may be silent before we PING it, and how long
 # that PING may go unanswered before the connection counts as dead. Explicit read
 # timeouts: redis-py's own socket timeout would not cover a silent dead peer.

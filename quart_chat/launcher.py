@@ -32,6 +32,7 @@ log = logging.getLogger("quart_chat.launcher")
 
 WORKER_APP = "quart_chat.app:create_worker_app()"
 MAX_WEBSOCKET_FRAME = 64 * 1024
+KEEP_ALIVE_SECONDS = 30
 REDIS_START_SECONDS = 15
 REDIS_STOP_SECONDS = 10
 # AF_UNIX paths are limited to 108 bytes on Linux.
@@ -175,6 +176,11 @@ def hypercorn_config(bind: str, workers: int) -> Config:
     # Hypercorn closes the socket with 1009 for bigger frames (SPEC §5).
     config.websocket_max_message_size = MAX_WEBSOCKET_FRAME
     config.graceful_timeout = 5
+    # Hypercorn closes a connection whose request has not been read within this
+    # (5 s by default), and a worker absorbing a reconnect storm can take longer
+    # than that to get to a fresh socket's handshake: clients saw their
+    # connection dropped before any answer (tests/test_storm.py).
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
     config.accesslog = None
     # Route Hypercorn's messages through our logging setup instead of its own
     # stderr handler, which would print every line twice.
