@@ -8,7 +8,10 @@ It starts its own Redis and `quart-chat serve --workers W` (pinned with taskset
 to one core; the generator and Redis to another), logs in through the real
 code flow (a local aiosmtpd sink receives the code mail), opens C clients in
 `general` and steps the number of senders up until p99 latency exceeds the
-bound or a message is lost. Then it measures idle memory per connection:
+bound or a message is lost. Then a reconnect storm: S sockets (--storm-connections)
+opened 1 ms apart, none waiting for another, each joining once `ready`; it
+reports the time to the last `ready` and to the last join's history per 1,000
+sockets, and any refusal. Then it measures idle memory per connection:
 without permessage-deflate, with it offered (as browsers do) to a server that
 declines it (the default), and offered to one that agrees
 (CHAT_WS_COMPRESSION=true). A table goes to stdout and the full results as
@@ -47,7 +50,7 @@ from tests.servers import RedisServer, free_port, wait_for
 from tests.smtp import SmtpSink
 
 from . import proc
-from .wsclient import ChatClient, Hub, Step, connect, loads, message_text
+from .wsclient import ChatClient, Hub, Step, connect, loads, message_text, storm
 
 DESCRIPTION = "Fan-out benchmark of quart-chat (see bench/fanout.py)."
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -152,6 +155,8 @@ class Environment:
             "CHAT_MAX_SOCKETS_PER_USER": UNLIMITED,
             "CHAT_MAX_SOCKETS_PER_ADDRESS": UNLIMITED,
             "CHAT_WS_COMPRESSION": "true" if compression else "false",
+            # The load clients send no heartbeat; a run outlasts the idle timeout.
+            "CHAT_WS_IDLE_TIMEOUT_SECONDS": "3600",
         }
 
     def fresh_server(
@@ -600,7 +605,8 @@ async def idle_clients(
             if first.get("type") != "ready":
                 raise RuntimeError(f"first frame was not ready: {first}")
             await socket.send(json.dumps({"type": "join", "room": "general"}))
-            # Joined once the backlog is here: a probe sent earlier would be in it.
+            # Joined once its backlog is in: a probe stored before that arrives in
+            # the backlog, not as a live message.
             while loads(await socket.recv()).get("type") != "history":
                 pass
             return socket
@@ -677,6 +683,45 @@ async def memory_phase(env: Environment, args: argparse.Namespace, name: str) ->
         server.stop()
 
 
+# -- a reconnect storm: every client of a restarted worker comes back at once
+
+
+async def storm_phase(env: Environment, args: argparse.Namespace) -> dict[str, Any]:
+    server = env.fresh_server("storm", args.workers, args.server_cpus)
+    try:
+        count = args.storm_connections
+        sessions = math.ceil(count / args.clients_per_session)
+        cookies = await login_many(server, env.smtp, sessions, "storm")
+        hub = Hub()
+        seen = await storm(
+            hub, "127.0.0.1", server.port, cookies, count, args.storm_interval_ms / 1000
+        )
+        for client in seen.clients:
+            client.close()
+        ready, history = sorted(seen.ready_s), sorted(seen.history_s)
+        return {
+            "connections": count,
+            "sessions": sessions,
+            "workers": args.workers,
+            "opened_over_s": seen.spread_s,
+            "ready": len(ready),
+            "history": len(history),
+            "refused": dict(seen.refused),
+            "failed": dict(seen.failed),
+            "all_ready_s": seen.all_ready_s,
+            "all_history_s": seen.all_history_s,
+            "ready_s_per_1000": seen.all_ready_s * 1000 / count,
+            "history_s_per_1000": seen.all_history_s * 1000 / count,
+            "socket_ready_ms": {q: percentile(ready, p) * 1000 for q, p in PERCENTILES},
+            "socket_history_ms": {q: percentile(history, p) * 1000 for q, p in PERCENTILES},
+        }
+    finally:
+        server.stop()
+
+
+PERCENTILES = (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+
+
 # -- report
 
 TABLE_HEADER = (
@@ -737,6 +782,19 @@ def summary(results: dict[str, Any]) -> str:
             )
         else:
             lines.append("knee: none (the first step already failed)")
+    phase = results.get("storm")
+    if phase:
+        lines.append(
+            f"reconnect storm: {phase['connections']} sockets opened over "
+            f"{phase['opened_over_s']:.1f}s on {phase['workers']} worker(s): "
+            f"{phase['ready']} ready, {phase['history']} with history, "
+            f"refused {phase['refused'] or 'none'}, failed {phase['failed'] or 'none'}; "
+            f"all ready after {phase['all_ready_s']:.2f}s ({phase['ready_s_per_1000']:.2f}s "
+            f"per 1,000), all history after {phase['all_history_s']:.2f}s "
+            f"({phase['history_s_per_1000']:.2f}s per 1,000); per socket to ready "
+            f"p50/p99/max {_ms(phase['socket_ready_ms'])}, "
+            f"to history {_ms(phase['socket_history_ms'])}"
+        )
     for phase in results.get("memory", []):
         label = "deflate not offered"
         if phase["deflate_offered"]:
@@ -749,6 +807,10 @@ def summary(results: dict[str, Any]) -> str:
             f"in Redis; negotiated: {phase['extensions_negotiated'] or 'none'})"
         )
     return "\n".join(lines)
+
+
+def _ms(quantiles: dict[str, float]) -> str:
+    return "/".join(f"{quantiles[q]:.0f}" for q, _ in PERCENTILES) + " ms"
 
 
 def machine() -> dict[str, Any]:
@@ -810,6 +872,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients-per-session", type=int, default=10, help="clients per login")
     parser.add_argument("--idle-connections", type=int, default=2000)
     parser.add_argument(
+        "--storm-connections", type=int, default=2000, help="sockets in the reconnect storm"
+    )
+    parser.add_argument(
+        "--storm-interval-ms", type=float, default=1.0, help="between storm sockets' starts"
+    )
+    parser.add_argument(
         "--memory-variants",
         default=",".join(MEMORY_VARIANTS),
         help="idle runs: plain (not offered), deflate (offered, declined), deflate-on (agreed)",
@@ -819,7 +887,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="no CPU pinning")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument(
-        "--only", choices=["throughput", "memory"], help="run one phase (default both)"
+        "--only", choices=["throughput", "storm", "memory"], help="run one phase (default both)"
     )
     parser.add_argument(
         "--profile",
@@ -837,6 +905,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clients, args.steps, args.rate = 20, "2", 5.0
         args.duration, args.warmup, args.pause, args.retries = 2.0, 1.0, 0.0, 0
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
+        args.storm_connections = 30
     args.steps = [int(s) for s in str(args.steps).split(",")]
     args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
     if args.profile is not None and py_spy() is None:
@@ -861,6 +930,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"scratch dir: {env.workdir}", flush=True)
         if args.only in (None, "throughput"):
             results["throughput"] = await throughput_phase(env, args)
+        if args.only in (None, "storm"):
+            results["storm"] = await storm_phase(env, args)
         if args.only in (None, "memory"):
             results["memory"] = []
             for variant in args.memory_variants:

@@ -60,6 +60,12 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     return header + mask + masked.to_bytes(length, "big")
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A socket refused or lost early is counted where it is awaited, not logged by asyncio."""
+    if not future.cancelled():
+        future.exception()
+
+
 def message_text(step: int, index: int, sender: int, seq: int, scheduled: float, size: int) -> str:
     """A benchmark message of exactly `size` characters that says who, which and when."""
     stamp = f"{STAMP}|{step}|{index}|{sender}|{seq}|{int(scheduled * 1e6)}|"
@@ -119,8 +125,10 @@ class ChatClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
-        # The join's backlog arrived: from here on every new message comes live.
-        self.joined: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(_retrieved)
+        # The first `history` frame: the answer to the join that `connect` sends.
+        self.joined: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.joined.add_done_callback(_retrieved)
         self.closed: asyncio.Future[int] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
@@ -153,7 +161,7 @@ class ChatClient(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("connection lost before ready"))
         if not self.joined.done():
-            self.joined.set_exception(ConnectionError("connection lost before joining"))
+            self.joined.set_exception(ConnectionError("connection lost before history"))
         if not self.closed.done():
             self.hub.close_codes[1006] += 1
             self.closed.set_result(1006)
@@ -264,9 +272,12 @@ class ChatClient(asyncio.Protocol):
         elif kind == "history":
             hub.frames["history"] += 1
             if not self.joined.done():
-                self.joined.set_result(None)
+                self.joined.set_result(message)
         elif kind == "error":
             hub.frames["error"] += 1
+            if not self.joined.done() and message.get("client_id") is None:
+                # Anything but a send's error is the join's answer here.
+                self.joined.set_exception(RuntimeError(f"join answered {message}"))
             step = hub.step
             code = str(message.get("code"))
             if step is not None:
@@ -323,9 +334,17 @@ class ChatClient(asyncio.Protocol):
 
 
 async def connect(
-    hub: Hub, index: int, host: str, port: int, cookie: str, deflate: bool = False
+    hub: Hub,
+    index: int,
+    host: str,
+    port: int,
+    cookie: str,
+    deflate: bool = False,
+    wait_joined: bool = True,
 ) -> ChatClient:
-    """Open a socket, complete the handshake, wait for `ready`, then join `general`."""
+    """Open a socket, complete the handshake, wait for `ready`, then join `general` and
+    (unless `wait_joined` is false) wait for its backlog: a message stored earlier would
+    arrive in the backlog, not live."""
     loop = asyncio.get_running_loop()
     _, client = await loop.create_connection(
         lambda: ChatClient(hub, index, host, port, cookie, deflate), host, port
@@ -333,5 +352,59 @@ async def connect(
     await client.opened
     await client.ready
     client.send_json({"type": "join", "room": "general"})
-    await client.joined
+    if wait_joined:
+        await client.joined
     return client
+
+
+@dataclass
+class Storm:
+    """What a reconnect storm saw: per socket, seconds from its start to `ready` and to history."""
+
+    count: int
+    spread_s: float
+    ready_s: list[float] = field(default_factory=list)
+    history_s: list[float] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    all_ready_s: float = 0.0
+    all_history_s: float = 0.0
+    clients: list[ChatClient] = field(default_factory=list)
+
+
+async def storm(
+    hub: Hub, host: str, port: int, cookies: list[str], count: int, interval: float
+) -> Storm:
+    """Open `count` sockets `interval` seconds apart, none waiting for another, each joining
+    `general` once ready: what every client of a restarted server does at once."""
+    result = Storm(count, interval * count)
+    started = monotonic()
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(max(0.0, started + index * interval - monotonic()))
+        begun = monotonic()
+        try:
+            client = await connect(
+                hub, index, host, port, cookies[index % len(cookies)], wait_joined=False
+            )
+        except ConnectionRefusedError as error:
+            result.refused[str(error)] += 1
+            return
+        except (ConnectionError, OSError) as error:
+            result.failed[f"before ready: {error}"] += 1
+            return
+        result.clients.append(client)
+        ready = monotonic()
+        result.ready_s.append(ready - begun)
+        result.all_ready_s = max(result.all_ready_s, ready - started)
+        try:
+            await client.joined
+        except (ConnectionError, RuntimeError) as error:
+            result.failed[str(error)] += 1
+            return
+        joined = monotonic()
+        result.history_s.append(joined - begun)
+        result.all_history_s = max(result.all_history_s, joined - started)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return result

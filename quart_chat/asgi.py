@@ -37,8 +37,10 @@ from .connection import ChatConnection
 from .security import is_allowed_origin
 from .sessions import User, load_session
 from .socketcaps import SocketCapReached, address_key
+from .storage import Throttled
 
 log = logging.getLogger(__name__)
+_refused_unavailable = Throttled(log)
 
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
@@ -134,12 +136,14 @@ class ChatSocketRoute:
         if session_id is None:
             raise Refused(401, "unauthorized")
         try:
-            user = await load_session(app.redis, session_id)
-        except (RedisError, OSError):
+            user = await load_session(app.hub.pipelined, session_id)
+        except (RedisError, OSError) as error:
+            _refused_unavailable.warning("WebSocket refused with 503: Redis failed: %s", error)
             raise Refused(503, "unavailable") from None
         if user is None:
             raise Refused(401, "unauthorized")
         if not app.hub.broker.subscribed:
+            _refused_unavailable.warning("WebSocket refused with 503: pub/sub is not subscribed")
             raise Refused(503, "unavailable")
         return user, session_id
 

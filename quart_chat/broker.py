@@ -14,7 +14,9 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections import deque
+from typing import Protocol
 
 from hypercorn.typing import ASGISendCallable
 from redis.asyncio import Redis
@@ -25,7 +27,7 @@ from redis.retry import Retry
 
 from .history import ROOM_CHANNEL_PREFIX
 from .protocol import stream_id_key
-from .sessions import SESSION_REVOKED_CHANNEL, session_exists
+from .sessions import SESSION_REVOKED_CHANNEL, session_key
 from .storage import as_text, raise_if_cancelled, transport_options
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,17 @@ PRESENCE_CHANNEL = "chat:presence"
 CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_LOGGED_OUT = 4401
+# Like HTTP 408: the client sent nothing, not even its heartbeat, for too long.
+CLOSE_IDLE = 4408
 
 # Frames waiting for one socket; the frames themselves are shared, so a full
 # outbox costs a few KB of pointers, not copies.
 OUTBOX_FRAMES = 512
+# The listener lets the sockets send after this many frames in a row: well
+# under OUTBOX_FRAMES, so only a client that really cannot keep up is closed,
+# and small enough that one pass of the event loop (every socket sending its
+# share) stays short and handshakes in the same burst keep moving.
+DISPATCH_BATCH = 16
 # How long the pub/sub connection may be silent before we PING it, and how long
 # that PING may go unanswered before the connection counts as dead. Explicit read
 # timeouts: redis-py's own socket timeout would not cover a silent dead peer.
@@ -49,6 +58,20 @@ BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 # Expired sessions are noticed by polling; revoked ones are announced at once.
 SESSION_SWEEP_SECONDS = 30.0
+# Silent sockets are looked for this many times per idle timeout, so one is
+# closed at most a quarter of the timeout late.
+IDLE_SWEEPS_PER_TIMEOUT = 4
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+
+
+class PresenceObserver(Protocol):
+    """Told of every presence announcement the listener receives, and when it may miss some."""
+
+    def observe(self, frame: str) -> None: ...
+
+    def pubsub_up(self) -> None: ...
+
+    def pubsub_down(self) -> None: ...
 
 
 class Subscriber:
@@ -69,12 +92,16 @@ class Subscriber:
         "_sender",
         "_started",
         "close_code",
+        "heard",
         "session_id",
     )
 
     def __init__(self, session_id: str, send: ASGISendCallable, limit: int = OUTBOX_FRAMES) -> None:
         self.session_id = session_id
         self.close_code: int | None = None
+        # When the client last sent a frame (time.monotonic()); the serving task
+        # sets it and one sweep per worker reads it: no timer per socket.
+        self.heard = time.monotonic()
         self._send = send
         self._limit = limit
         self._frames: deque[str] | None = None
@@ -82,6 +109,11 @@ class Subscriber:
         self._started = False
         self._drained: asyncio.Future[None] | None = None
         self._owner: asyncio.Task[object] | None = None
+
+    @property
+    def started(self) -> bool:
+        """True once the `ready` frame is queued: from then on it gets presence news."""
+        return self._started
 
     def attach(self, owner: asyncio.Task[object]) -> None:
         """The task serving this socket: `close` from any other task cancels it."""
@@ -96,6 +128,9 @@ class Subscriber:
             frames = self._frames = deque()
         frames.appendleft(first)
         self._started = True
+        # Silence counts from `ready`: until then the client has nothing to say,
+        # and a worker busy with a burst may take a while to send it.
+        self.heard = time.monotonic()
         self._sender = asyncio.create_task(self._drain(frames))
 
     def deliver(self, frame: str) -> None:
@@ -180,9 +215,15 @@ class _Joining:
 class Broker:
     """The worker's subscribers, indexed by room and session, fed by one pub/sub listener."""
 
-    def __init__(self, redis_url: str, redis: Redis) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        redis: Redis,
+        idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    ) -> None:
         self.worker_id = secrets.token_hex(6)
         self.redis = redis
+        self.idle_timeout_seconds = idle_timeout_seconds
         self._redis_url = redis_url
         self._subscribers: set[Subscriber] = set()
         self._sessions: dict[str, set[Subscriber]] = {}
@@ -190,6 +231,7 @@ class Broker:
         # Subscribers between `begin_join` and their first live frame newer than the backlog.
         self._joining: dict[str, dict[Subscriber, _Joining]] = {}
         self._subscribed = asyncio.Event()
+        self.presence_observer: PresenceObserver | None = None
         self._backoff = BACKOFF_FIRST_SECONDS
         self._last_heard = 0.0
         # Set by `close_all`: the code every socket registered from then on is closed with.
@@ -308,9 +350,14 @@ class Broker:
             for subscriber in caught_up:
                 self._go_live(subscriber, room)
 
-    def _fan_out_all(self, frame: str) -> None:
+    def _fan_out_presence(self, frame: str) -> None:
+        """To started sockets only: the `ready` of the others, still to come, lists
+        everyone as of this announcement (see `PresenceTracker.online`)."""
+        if self.presence_observer is not None:
+            self.presence_observer.observe(frame)
         for subscriber in self._subscribers:
-            subscriber.deliver(frame)
+            if subscriber.started:
+                subscriber.deliver(frame)
 
     def _dispatch(self, message: dict[str, object]) -> None:
         kind = message["type"]
@@ -321,7 +368,7 @@ class Broker:
         if kind == "pmessage" and channel.startswith(ROOM_CHANNEL_PREFIX):
             self._fan_out_room(channel.removeprefix(ROOM_CHANNEL_PREFIX), data.decode())
         elif channel == PRESENCE_CHANNEL:
-            self._fan_out_all(data.decode())
+            self._fan_out_presence(data.decode())
         elif channel == SESSION_REVOKED_CHANNEL:
             self.close_session(data.decode())
 
@@ -339,6 +386,8 @@ class Broker:
                 log.exception("Redis pub/sub listener failed; reconnecting")
             finally:
                 self._subscribed.clear()
+                if self.presence_observer is not None:
+                    self.presence_observer.pubsub_down()
                 for subscriber in list(self._subscribers):
                     subscriber.close(CLOSE_SERVER_ERROR)
             await asyncio.sleep(self._backoff * random.uniform(0.5, 1.5))
@@ -364,6 +413,8 @@ class Broker:
             await pubsub.subscribe(PRESENCE_CHANNEL, SESSION_REVOKED_CHANNEL)
             await _await_confirmations(pubsub, 3)
             raise_if_cancelled()
+            if self.presence_observer is not None:
+                self.presence_observer.pubsub_up()
             self._subscribed.set()
             self._backoff = BACKOFF_FIRST_SECONDS
             log.info("worker %s subscribed to Redis pub/sub", self.worker_id)
@@ -389,11 +440,19 @@ class Broker:
 
     async def _read(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
+        dispatched = 0
         while True:
             message = await pubsub.get_message(timeout=None)
             self._last_heard = loop.time()
             if message is not None:
                 self._dispatch(message)
+                dispatched += 1
+                if dispatched % DISPATCH_BATCH == 0:
+                    # Reading buffered messages never waits, so without this a
+                    # burst (a reconnect storm's presence news: one per user)
+                    # would pile up in every outbox before any could send,
+                    # closing fast clients as if they were slow.
+                    await asyncio.sleep(0)
 
     async def _watch(self, pubsub: PubSub) -> None:
         """PING a connection that has been silent; only an unanswered PING means it is dead.
@@ -413,6 +472,31 @@ class Broker:
             if self._last_heard < pinged:
                 raise TimeoutError("Redis did not answer a PING on the pub/sub connection")
 
+    # -- silent peers ------------------------------------------------------------
+
+    async def sweep_idle(self) -> None:
+        """Close sockets whose client went silent: a peer that vanished without a FIN.
+
+        Neither Hypercorn nor TCP would: Hypercorn's `websocket_ping_interval`
+        sends pings but never checks for the pong (and costs a task per
+        socket), and the kernel only gives up on a dead peer when something
+        unacknowledged is outstanding, after ~15 minutes of retransmits.
+        """
+        while True:
+            await asyncio.sleep(self.idle_timeout_seconds / IDLE_SWEEPS_PER_TIMEOUT)
+            closed = self.close_idle()
+            if closed:
+                log.info(
+                    "closed %d WebSocket(s) silent for over %gs", closed, self.idle_timeout_seconds
+                )
+
+    def close_idle(self) -> int:
+        deadline = time.monotonic() - self.idle_timeout_seconds
+        silent = [s for s in self._subscribers if s.started and s.heard < deadline]
+        for subscriber in silent:
+            subscriber.close(CLOSE_IDLE)
+        return len(silent)
+
     # -- expired sessions --------------------------------------------------------
 
     async def sweep_sessions(self) -> None:
@@ -424,8 +508,15 @@ class Broker:
 
     async def close_expired_sessions(self) -> None:
         session_ids = list(self._sessions)
+        if not session_ids:
+            return
         try:
-            exists = await asyncio.gather(*(session_exists(self.redis, s) for s in session_ids))
+            # One pipeline: a command per session at once would take every
+            # connection of the pool and queue the handshakes behind them.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    pipe.exists(session_key(session_id))
+                exists = await pipe.execute()
         except (RedisError, OSError) as error:
             log.warning("could not check sessions: %s", error)
             return

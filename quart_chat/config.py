@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # because each compressed socket keeps zlib state (~150 KiB) and every
     # frame is compressed once per recipient (bench/).
     ws_compression: bool = False
+    # A socket that sent no frame for this long is closed (4408): its peer is
+    # gone without a FIN (a laptop that slept), and it would otherwise hold
+    # presence "online" and memory forever. The page pings every 10 s.
+    ws_idle_timeout_seconds: float = Field(60.0, gt=0)
 
     @field_validator(
         "allowed_origins",

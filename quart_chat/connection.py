@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
@@ -23,6 +24,7 @@ from .history import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
 from .hub import ChatHub
 from .protocol import (
     BAD_REQUEST,
+    PONG,
     RATE_LIMITED,
     ROOMS,
     UNAVAILABLE,
@@ -30,6 +32,7 @@ from .protocol import (
     FrameError,
     History,
     Join,
+    Ping,
     Send,
     Typing,
     encode,
@@ -47,12 +50,16 @@ SEND_WINDOW_SECONDS = 60
 # count is in memory: a flood from one socket costs no Redis call.
 BACKLOG_WINDOW_SECONDS = 60
 BACKLOG_REQUESTS_PER_SOCKET = 20
+# At most one pong per this interval on a socket; pings in between are dropped
+# without a word, so a ping flood costs a JSON parse each and amplifies nothing.
+PONG_INTERVAL_SECONDS = 0.25
 
 
 class ChatConnection:
     __slots__ = (
         "_backlog_count",
         "_backlog_window_end",
+        "_ponged",
         "_receive",
         "hub",
         "session_id",
@@ -72,6 +79,7 @@ class ChatConnection:
         self.user = user
         self.session_id = session_id
         self._receive = receive
+        self._ponged = 0.0
         self.subscriber = Subscriber(session_id, send)
         self._backlog_count = 0
         self._backlog_window_end = 0.0
@@ -103,18 +111,17 @@ class ChatConnection:
             return  # `register` refused it: this worker has lost Redis
         try:
             # A logout announced between the handshake and `register` was missed.
-            if not await session_exists(self.hub.redis, self.session_id):
+            if not await session_exists(self.hub.pipelined, self.session_id):
                 self.subscriber.close(CLOSE_LOGGED_OUT)
                 return
-            online = await self.hub.presence.online()
+            online = await self.hub.presence.online_json()
         except (RedisError, OSError):
             self.subscriber.close(CLOSE_SERVER_ERROR)
             return
         raise_if_cancelled()
-        user = self.user.public()
-        self.subscriber.start(
-            encode({"type": "ready", "user": user, "rooms": list(ROOMS), "online": online})
-        )
+        # Spliced in as text: the list is encoded once per change, not per socket.
+        user = encode({"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)})
+        self.subscriber.start(f'{user[:-1]},"online":{online}}}')
 
     async def _receive_loop(self) -> None:
         max_chars = self.hub.settings.message_max_chars
@@ -126,6 +133,7 @@ class ChatConnection:
                 return
             if kind != "websocket.receive":
                 continue  # `websocket.connect`, which servers send first
+            subscriber.heard = time.monotonic()
             raw = event.get("text")
             if raw is None:
                 raw = event.get("bytes") or b""
@@ -141,6 +149,9 @@ class ChatConnection:
             await subscriber.wait_half_empty()
 
     async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Ping):
+            self._pong()
+            return
         try:
             if isinstance(frame, Send):
                 await self._post(frame)
@@ -161,6 +172,12 @@ class ChatConnection:
                     BAD_REQUEST, "the server cannot serve this request", client_id
                 ) from None
             raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
+
+    def _pong(self) -> None:
+        now = self.subscriber.heard
+        if now - self._ponged >= PONG_INTERVAL_SECONDS:
+            self._ponged = now
+            self.subscriber.deliver(PONG)
 
     async def _post(self, frame: Send) -> None:
         hub = self.hub

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from .protocol import encode, stream_id_key
 from .sessions import User
-from .storage import as_text
+from .storage import Commands, as_text
 
 ROOM_CHANNEL_PREFIX = "chat:room:"
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -80,8 +80,9 @@ class Page:
 
 
 class RoomHistory:
-    def __init__(self, redis: Redis, max_per_room: int) -> None:
+    def __init__(self, redis: Redis, max_per_room: int, reads: Commands | None = None) -> None:
         self.redis = redis
+        self.reads: Commands = reads or redis
         self.max_per_room = max_per_room
         self._post = redis.register_script(_POST)
 
@@ -113,14 +114,18 @@ class RoomHistory:
 
     async def get(self, room: str, message_id: str) -> dict[str, Any] | None:
         key = stream_key(room)
-        entries = cast(list[Entry], await self.redis.xrange(key, message_id, message_id))
+        entries = cast(
+            list[Entry], await self.reads.execute_command("XRANGE", key, message_id, message_id)
+        )
         return _from_entry(room, entries[0]) if entries else None
 
     async def newest_after(self, room: str, after: str, count: int) -> list[dict[str, Any]]:
         """Up to `count` of the newest messages strictly after `after`, oldest first."""
         entries = cast(
             list[Entry],
-            await self.redis.xrevrange(stream_key(room), "+", f"({after}", count=count),
+            await self.reads.execute_command(
+                "XREVRANGE", stream_key(room), "+", f"({after}", "COUNT", count
+            ),
         )
         return [_from_entry(room, e) for e in reversed(entries)]
 
@@ -128,7 +133,10 @@ class RoomHistory:
         """The `count` messages before `before` (or the newest), newest last."""
         end = "+" if before is None else f"({before}"
         entries = cast(
-            list[Entry], await self.redis.xrevrange(stream_key(room), end, "-", count=count + 1)
+            list[Entry],
+            await self.reads.execute_command(
+                "XREVRANGE", stream_key(room), end, "-", "COUNT", count + 1
+            ),
         )
         has_more = len(entries) > count
         return Page([_from_entry(room, e) for e in reversed(entries[:count])], has_more)

@@ -9,6 +9,14 @@ online; last tab anywhere: offline) and reaps workers whose heartbeat
 stopped, so a crashed worker's users go offline within HEARTBEAT_TTL.
 Because the writer sends absolute counts from memory, a failed write (Redis
 down) is repaired by the next heartbeat.
+
+Every `ready` frame lists who is online. Reading that from Redis scans every
+worker's hash for every user, which a reconnect storm of N sockets made
+O(N²) and which stalled Redis for seconds. Instead each worker keeps the list
+in memory: one snapshot from Redis, kept current by the announcements the
+worker receives anyway on pub/sub (`observe`), refreshed now and then as a
+safety net, and kept only while the pub/sub connection is up (`pubsub_up`,
+`pubsub_down`); without one, every call reads Redis.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -24,7 +33,7 @@ from redis.exceptions import RedisError
 
 from .protocol import DEFAULT_ROOM, encode
 from .sessions import User
-from .storage import raise_if_cancelled
+from .storage import as_text, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,9 @@ NAMES_KEY = "presence:names"
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_TTL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
+# The in-memory online list is rebuilt from Redis this often even though
+# announcements keep it current: a safety net, not the mechanism.
+ONLINE_REFRESH_SECONDS = 30.0
 
 _TOTAL = """
 local function now_ms()
@@ -158,15 +170,26 @@ class PresenceTracker:
         self.heartbeat_seconds = heartbeat_seconds
         self.ttl_seconds = ttl_seconds
         self._counts: Counter[str] = Counter()
-        self._users: dict[str, dict[str, str]] = {}
+        # This worker's users as public JSON, encoded once per add.
+        self._users: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._sync = redis.register_script(_SYNC)
         self._online = redis.register_script(_ONLINE)
+        # Everyone online on any worker (user id -> public JSON), or None until
+        # the first snapshot and after pub/sub was lost (announcements missed).
+        self._known: dict[str, str] | None = None
+        self._known_at = 0.0
+        self._known_json: str | None = None  # the values as a JSON array body, until a change
+        # Announcements received while a snapshot is being read, replayed onto it.
+        self._heard_meanwhile: list[tuple[str, str | None]] | None = None
+        self._snapshot: asyncio.Task[None] | None = None
+        self._generation = 0
+        self._fed = False
 
     def add(self, user: User) -> None:
         self._counts[user.id] += 1
-        self._users[user.id] = user.public()
+        self._users[user.id] = encode(user.public())
         self._mark(user.id)
 
     def remove(self, user: User) -> None:
@@ -180,11 +203,88 @@ class PresenceTracker:
         self._wake.set()
 
     async def online(self) -> list[dict[str, str]]:
-        """Everyone online on any live worker, including this worker's not yet written users."""
-        stored = [json.loads(item) for item in await self._online(keys=[WORKERS_KEY, NAMES_KEY])]
-        known = {user["id"] for user in stored}
-        local = [self._users[uid] for uid in self._counts if uid not in known]
-        return stored + local
+        result: list[dict[str, str]] = json.loads(await self.online_json())
+        return result
+
+    async def online_json(self) -> str:
+        """Everyone online on any live worker, including this worker's not yet written
+        users, as a JSON array of public users: encoded once per change, not per socket.
+
+        The list reflects every announcement this worker had received when the
+        call returns, so a socket that starts right after it (without awaiting
+        in between) needs only the announcements that come later.
+        """
+        if not self._fed:
+            known = await self._read_online()
+            body = ",".join(known.values())
+        else:
+            if self._known is None or time.monotonic() - self._known_at > ONLINE_REFRESH_SECONDS:
+                if self._snapshot is None:
+                    self._snapshot = asyncio.create_task(self._take_snapshot())
+                # Shared by every caller meanwhile; one caller's cancellation is not theirs.
+                await asyncio.shield(self._snapshot)
+            known = self._known or {}
+            if self._known_json is None:
+                self._known_json = ",".join(known.values())
+            body = self._known_json
+        extra = [self._users[uid] for uid in self._counts if uid not in known]
+        if extra:
+            body = ",".join([body, *extra]) if body else ",".join(extra)
+        return f"[{body}]"
+
+    async def _take_snapshot(self) -> None:
+        generation = self._generation
+        heard = self._heard_meanwhile = []
+        try:
+            known = await self._read_online()
+        finally:
+            self._heard_meanwhile = None
+            self._snapshot = None
+        if generation != self._generation:
+            return  # pub/sub was lost meanwhile: the next call reads again
+        # An announcement may have been published before or after the snapshot
+        # was read; they arrive in publish order, so replaying all of them in
+        # order leaves each user as their last announcement says.
+        for user_id, public in heard:
+            _apply(known, user_id, public)
+        self._known, self._known_at, self._known_json = known, time.monotonic(), None
+
+    async def _read_online(self) -> dict[str, str]:
+        stored = await self._online(keys=[WORKERS_KEY, NAMES_KEY])
+        known = {}
+        for item in stored:
+            public = as_text(item)
+            known[json.loads(public)["id"]] = public
+        return known
+
+    def observe(self, frame: str) -> None:
+        """A presence announcement from pub/sub (any worker's, in publish order)."""
+        try:
+            announced = json.loads(frame)
+            user = announced["user"]
+            user_id = user["id"]
+            public = encode(user) if announced["status"] == "online" else None
+        except (ValueError, TypeError, KeyError):
+            # Not ours (anyone with Redis access can publish): the list is no
+            # longer known to be current, so read it again rather than fail.
+            log.warning("ignoring a malformed presence announcement: %.200r", frame)
+            self._known = self._known_json = None
+            return
+        if self._heard_meanwhile is not None:
+            self._heard_meanwhile.append((user_id, public))
+        if self._known is not None:
+            _apply(self._known, user_id, public)
+            self._known_json = None
+
+    def pubsub_up(self) -> None:
+        """Subscribed: every announcement from now on reaches `observe`."""
+        self._fed = True
+
+    def pubsub_down(self) -> None:
+        """Pub/sub was lost, and announcements with it: read Redis until it is back."""
+        self._fed = False
+        self._known = self._known_json = None
+        self._generation += 1
 
     async def run(self) -> None:
         """Write changed counts as they happen and every count on each heartbeat."""
@@ -225,9 +325,17 @@ class PresenceTracker:
             encode(DEFAULT_ROOM),
         ]
         for user_id in users:
-            public = self._users.get(user_id, {"id": user_id, "name": ""})
-            args += [user_id, self._counts.get(user_id, 0), encode(public)]
+            public = self._users.get(user_id) or encode({"id": user_id, "name": ""})
+            args += [user_id, self._counts.get(user_id, 0), public]
         await self._sync(keys=[WORKERS_KEY, NAMES_KEY], args=args)
         for user_id in users:
             if user_id not in self._counts:
                 self._users.pop(user_id, None)
+
+
+def _apply(known: dict[str, str], user_id: str, public: str | None) -> None:
+    """An announcement: `public` JSON for online, None for offline."""
+    if public is None:
+        known.pop(user_id, None)
+    else:
+        known[user_id] = public

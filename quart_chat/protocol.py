@@ -67,7 +67,12 @@ class Typing:
     room: str
 
 
-ClientFrame = Join | Send | History | Typing
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The client's heartbeat: answered with `pong` on the same socket, without Redis."""
+
+
+ClientFrame = Join | Send | History | Typing | Ping
 
 
 class FrameError(Exception):
@@ -112,6 +117,8 @@ def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
         return History(_room(data), _before_id(data), _limit(data))
     if kind == "typing":
         return Typing(_room(data))
+    if kind == "ping":
+        return Ping()
     raise FrameError(BAD_REQUEST, "unknown frame type")
 
 
@@ -224,6 +231,9 @@ def _limit(data: dict[str, Any]) -> int:
 
 def encode(frame: Any) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+PONG = encode({"type": "pong"})
 
 
 def error_frame(code: str, message: str, client_id: str | None = None, **extra: Any) -> str:

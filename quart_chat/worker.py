@@ -34,6 +34,7 @@ MAX_WEBSOCKET_FRAME = 64 * 1024
 LISTEN_BACKLOG = 2048
 # Time for HTTP requests still running after the chat sockets have closed.
 GRACEFUL_SECONDS = 5
+KEEP_ALIVE_SECONDS = 30
 
 
 def hypercorn_config(fd: int) -> Config:
@@ -43,6 +44,11 @@ def hypercorn_config(fd: int) -> Config:
     # Hypercorn closes the socket with 1009 for bigger frames (SPEC §5).
     config.websocket_max_message_size = MAX_WEBSOCKET_FRAME
     config.graceful_timeout = GRACEFUL_SECONDS
+    # Hypercorn closes a connection whose request has not been read within this
+    # (5 s by default), and a worker absorbing a reconnect storm can take longer
+    # than that to get to a fresh socket's handshake: clients saw their
+    # connection dropped before any answer (tests/test_storm.py).
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
     config.accesslog = None
     # Route Hypercorn's messages through our logging setup instead of its own
     # stderr handler, which would print every line twice.

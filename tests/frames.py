@@ -47,7 +47,7 @@ client_id = st.one_of(
     any_text,
     junk,
 )
-kind = st.one_of(st.sampled_from(["join", "send", "history", "typing"]), any_text, junk)
+kind = st.one_of(st.sampled_from(["join", "send", "history", "typing", "ping"]), any_text, junk)
 MISSING = object()
 
 
@@ -76,6 +76,7 @@ VALID = {
         "limit": optional(st.integers(1, 100)),
     },
     "typing": {},
+    "ping": {},
 }
 surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 
@@ -162,7 +163,8 @@ def _is_id(value: Any, *, not_equal: tuple[int, int]) -> bool:
 
 
 def expected_answer(raw: str | bytes) -> str:
-    """What the SPEC says a joined socket gets back: "error", "history", "message" or "none"."""
+    """What the SPEC says a joined socket gets back: "error", "history", "message", "pong"
+    or "none"."""
     if isinstance(raw, bytes):
         return "error"
     try:
@@ -172,9 +174,13 @@ def expected_answer(raw: str | bytes) -> str:
     deepest, containers = shape(frame)
     if deepest > 16 or containers > 64 or not isinstance(frame, dict):
         return "error"
-    if has_surrogate(frame) or frame.get("room") != "general":
+    if has_surrogate(frame):
         return "error"
     kind = frame.get("type")
+    if kind == "ping":
+        return "pong"  # the heartbeat names no room; other fields are ignored
+    if frame.get("room") != "general":
+        return "error"
     if kind == "typing":
         return "none"
     if kind == "history":

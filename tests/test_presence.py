@@ -106,3 +106,38 @@ async def test_a_stopping_worker_withdraws_its_users_at_once(
     await tracker.withdraw()
     assert await next_announcement(announcements, timeout=2) == ("ann", "offline")
     assert await redis.zcard("presence:workers") == 0
+
+
+async def test_a_listening_worker_keeps_the_online_list_in_memory_from_announcements(
+    redis: Redis, announcements: PubSub
+) -> None:
+    """`ready` costs no Redis scan: one snapshot, then the news this worker hears anyway."""
+    ann = await get_or_create_user(redis, "ann@example.com")
+    bob = await get_or_create_user(redis, "bob@example.com")
+    other = PresenceTracker(redis, "other", PRESENCE_CHANNEL)
+    other_task = start(other)
+    listening = PresenceTracker(redis, "listening", PRESENCE_CHANNEL)
+    try:
+        other.add(ann)
+        assert await next_announcement(announcements) == ("ann", "online")
+        listening.pubsub_up()
+        assert [u["name"] for u in await listening.online()] == ["ann"]  # the snapshot
+        other.add(bob)
+        message = None
+        while message is None:
+            message = await announcements.get_message(ignore_subscribe_messages=True, timeout=10)
+        # Not read from Redis again: until the news reaches it, bob is not listed.
+        assert [u["name"] for u in await listening.online()] == ["ann"]
+        listening.observe(message["data"].decode())
+        assert sorted(u["name"] for u in await listening.online()) == ["ann", "bob"]
+        listening.observe('{"type": "presence", "user": "not a user"}')  # read again
+        other.remove(ann)
+        assert await next_announcement(announcements) == ("ann", "offline")
+        assert [u["name"] for u in await listening.online()] == ["bob"]
+        # Pub/sub lost: news may have been missed, so Redis is read every time.
+        listening.pubsub_down()
+        other.remove(bob)
+        assert await next_announcement(announcements) == ("bob", "offline")
+        assert await listening.online() == []
+    finally:
+        await stop(other_task)

@@ -15,6 +15,7 @@ from quart_chat.protocol import (
     FrameError,
     History,
     Join,
+    Ping,
     Send,
     Typing,
     parse_frame,
@@ -57,7 +58,7 @@ def test_every_frame_parses_or_is_refused_with_a_spec_code(raw: str | bytes) -> 
         # A join is refused on a joined socket, never by the parser alone.
         assert want == "error" or json.loads(raw)["type"] == "join"
     else:
-        assert isinstance(result, Join | Send | History | Typing)
+        assert isinstance(result, Join | Send | History | Typing | Ping)
         if isinstance(result, Send):
             (result.text + result.client_id).encode("utf-8")
             assert expected_answer(raw) == "message"
@@ -65,6 +66,8 @@ def test_every_frame_parses_or_is_refused_with_a_spec_code(raw: str | bytes) -> 
             assert expected_answer(raw) == "history"
         elif isinstance(result, Typing):
             assert expected_answer(raw) == "none"
+        elif isinstance(result, Ping):
+            assert expected_answer(raw) == "pong"
 
 
 @SHAPES

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from quart_chat.broker import Broker
 from quart_chat.launcher import EmbeddedRedis
-from quart_chat.storage import open_redis, transport_options
+from quart_chat.storage import LoggingPool, Throttled, open_redis, transport_options
 
 
 @pytest.fixture
@@ -47,3 +49,24 @@ def test_keepalive_only_where_the_transport_has_one() -> None:
     assert transport_options("redis://h:6379/0") == {"socket_keepalive": True}
     assert transport_options("rediss://h:6380/0") == {"socket_keepalive": True}
     assert transport_options("unix:///run/redis.sock") == {}
+
+
+async def test_an_exhausted_pool_says_so_once_not_per_request(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = LoggingPool.from_url(redis_url, max_connections=1, timeout=5)
+    pool._exhausted = Throttled(logging.getLogger("quart_chat.storage"))  # a fresh interval
+    redis = Redis.from_pool(pool)
+    try:
+        with caplog.at_level(logging.WARNING, logger="quart_chat.storage"):
+            # One slow command holds the only connection; 20 more queue behind it.
+            slow = asyncio.create_task(redis.blpop(["nothing-here"], timeout=1))
+            await asyncio.sleep(0.2)
+            answers = await asyncio.gather(*(redis.ping() for _ in range(20)))
+            assert await slow is None
+        assert all(answers)  # they waited; none failed
+        lines = [r.getMessage() for r in caplog.records if "pool exhausted" in r.getMessage()]
+        assert len(lines) == 1
+        assert "all 1 connections in use" in lines[0]
+    finally:
+        await redis.aclose()

@@ -16,9 +16,15 @@ HEALTH_TIMEOUT_SECONDS = 2
 
 @blueprint.get("/healthz")
 async def healthz() -> tuple[dict[str, str], int]:
+    """Healthy only if this worker can serve chat: Redis answers a PING on the
+    pool, and the pub/sub listener is subscribed (without it every WebSocket
+    handshake is refused with 503, so a proxy must stop routing here)."""
+    app = get_app()
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            await get_app().redis.ping()
+            await app.redis.ping()
     except (RedisError, OSError, TimeoutError):
         return {"status": "unavailable", "reason": "redis"}, 503
+    if not app.hub.broker.subscribed:
+        return {"status": "unavailable", "reason": "pubsub"}, 503
     return {"status": "ok"}, 200

@@ -33,6 +33,8 @@ async def joined(
 ) -> AsyncIterator[Socket]:
     """One socket for every example: bad frames must leave it usable for the next."""
     monkeypatch.setattr(connection, "BACKLOG_REQUESTS_PER_SOCKET", UNLIMITED)
+    # Examples come faster than the pong throttle: answer every ping here.
+    monkeypatch.setattr(connection, "PONG_INTERVAL_SECONDS", 0.0)
     app = create_app(
         make_settings(
             redis_url,
