@@ -64,7 +64,8 @@ def read_code(source: str, email: str) -> str:
                 ["docker", "logs", where], capture_output=True, text=True, timeout=30, check=True
             )
             codes = re.findall(
-                rf"login code for {re.escape(email)}: (\d{{6}})", logs.stdout + logs.stderr
+                rf"mail to {re.escape(email)} \(console mailer\): [^\n]*login code: (\d{{6}})",
+                logs.stdout + logs.stderr,
             )
             if codes:
                 return str(codes[-1])

@@ -208,8 +208,9 @@ class ChatConnection:
         if self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
             retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
         else:
+            # Through the pipeline: after a restart every socket joins at once.
             retry_after = await hit_limit(
-                self.hub.redis,
+                self.hub.pipelined,
                 f"ratelimit:backlog:{self.user.id}",
                 self.hub.settings.backlog_requests_per_minute,
                 BACKLOG_WINDOW_SECONDS,

@@ -81,6 +81,7 @@ class ChatHub:
             self.broker.worker_id,
             settings.max_sockets_per_user,
             settings.max_sockets_per_address,
+            handshakes=self.pipelined,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

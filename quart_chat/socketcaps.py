@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .storage import raise_if_cancelled
+from .storage import Commands, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,12 @@ def address_key(host: str | None) -> str | None:
 
 class SocketCaps:
     def __init__(
-        self, redis: Redis, worker_id: str, max_per_user: int, max_per_address: int
+        self,
+        redis: Redis,
+        worker_id: str,
+        max_per_user: int,
+        max_per_address: int,
+        handshakes: Commands | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.max_per_user = max_per_user
@@ -133,7 +138,10 @@ class SocketCaps:
         self._counts: Counter[str] = Counter()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._admit = redis.register_script(_ADMIT)
+        # Every handshake of a reconnect storm admits at once: through the
+        # worker's pipeline (`Pipelined`), not a pool connection each. The
+        # script writes absolute counts, so running it twice is harmless.
+        self._handshakes: Commands = handshakes or redis
         self._sync = redis.register_script(_SYNC)
 
     async def admit(self, user_id: str, address: str | None) -> None:
@@ -148,18 +156,20 @@ class SocketCaps:
         for field in fields:
             self._counts[field] += 1
         try:
-            refused = await self._admit(
-                keys=[WORKERS_KEY, self._key],
-                args=[
-                    self.worker_id,
-                    int(self.ttl_seconds * 1000),
-                    user_field,
-                    address_field,
-                    self._counts[user_field],
-                    self._counts[address_field] if address is not None else 0,
-                    self.max_per_user,
-                    self.max_per_address,
-                ],
+            refused = await self._handshakes.execute_command(
+                "EVAL",
+                _ADMIT,
+                2,
+                WORKERS_KEY,
+                self._key,
+                self.worker_id,
+                int(self.ttl_seconds * 1000),
+                user_field,
+                address_field,
+                self._counts[user_field],
+                self._counts[address_field] if address is not None else 0,
+                self.max_per_user,
+                self.max_per_address,
             )
         except BaseException:
             # Redis may have stored the counts before failing: rewrite them.

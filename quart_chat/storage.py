@@ -74,8 +74,9 @@ class Commands(Protocol):
 
 class Pipelined:
     """Reads from many tasks sent together: one pipeline per round trip, on one
-    connection, whatever the number of tasks waiting. Only idempotent commands:
-    a batch is sent again if the connection turns out to be closed.
+    connection, whatever the number of tasks waiting. Only commands that are
+    safe to run twice (reads, absolute writes, rate-limit hits): a batch is
+    sent again if the connection turns out to be closed.
 
     A reconnect storm runs thousands of handshakes and joins at once, each a
     command or two. Sent one by one, each takes a pool connection until its task

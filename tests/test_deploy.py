@@ -26,6 +26,8 @@ import jsonschema
 import pytest
 import yaml
 
+from quart_chat.launcher import STOP_SECONDS
+
 from .servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,6 +410,15 @@ def test_app_service_runs_the_image_against_compose_redis() -> None:
     # The image's HEALTHCHECK covers the app; compose must not switch it off.
     assert not app.get("healthcheck", {}).get("disable", False)
     assert "/healthz" in " ".join(dockerfile_json("HEALTHCHECK"))
+
+
+def test_compose_waits_for_the_graceful_stop() -> None:
+    # `docker compose stop` SIGKILLs after stop_grace_period (10 s by default):
+    # shorter than the launcher's own bound, browsers would see 1006 instead of
+    # 1012 and presence would be left behind.
+    grace = compose()["services"]["app"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace), grace
+    assert int(grace[:-1]) > STOP_SECONDS
 
 
 def test_no_secret_has_a_default() -> None:

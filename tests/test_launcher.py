@@ -161,7 +161,7 @@ def test_a_worker_that_cannot_start_stops_the_launcher_non_zero(tmp_path: Path) 
     finally:
         server.stop()
     log = server.log()
-    assert "the stored secret key is too short" in log
+    assert "the stored secret key is too weak" in log
     assert "failed to start; stopping" in log
     assert not worker_pids(server)
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,9 +145,12 @@ class ReadmeServer:
         def serving() -> bool:
             if shell.poll() is not None:
                 raise AssertionError(f"the command exited {shell.returncode}:\n{self.log()}")
+            # The launcher binds the port before its workers start: a connection
+            # is accepted early, so ask a worker, as a user's first request would.
+            host, port = self.address
             try:
-                with socket.create_connection(self.address, timeout=1):
-                    return True
+                with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as reply:
+                    return bool(reply.status == 200)
             except OSError:
                 return False
 
@@ -164,7 +168,9 @@ class ReadmeServer:
         return min(found)  # the launcher starts before its workers
 
     def code_for(self, email: str, count: int) -> str:
-        pattern = re.compile(rf"login code for {re.escape(email)}: (\d{{6}})")
+        pattern = re.compile(
+            rf"mail to {re.escape(email)} \(console mailer\): [^\n]*login code: (\d{{6}})"
+        )
 
         def arrived() -> list[str]:
             codes = pattern.findall(self.log())
@@ -208,7 +214,11 @@ def log_in(browser: Browser, server: ReadmeServer, email: str) -> tuple[Page, li
     )
     page.goto(server.base_url + "/login")
     expect(page.locator("#insecure-cookie")).to_have_count(0)
-    codes_before = len(re.findall(rf"login code for {re.escape(email)}:", server.log()))
+    codes_before = len(
+        re.findall(
+            rf"mail to {re.escape(email)} \(console mailer\): [^\n]*login code:", server.log()
+        )
+    )
     page.get_by_label("Email").fill(email)
     page.get_by_role("button", name="Send code").click()
     page.get_by_label("Code").fill(server.code_for(email, codes_before + 1))
