@@ -335,7 +335,10 @@ class MailOutbox:
         delay = min(self.retry_cap_seconds, self.retry_base_seconds * 2 ** (attempt - 1))
         delay *= random.uniform(0.8, 1.2)
         remaining_ms = await self.redis.pttl(mail_key(mail_id))
-        if is_permanent(error) or remaining_ms < delay * 1000:
+        # A retry is picked up on a later poll, not at its due time: one due too
+        # close to the expiry would find the mail gone and drop it at INFO, where
+        # giving up now says so at ERROR.
+        if is_permanent(error) or remaining_ms < (delay + 2 * self.poll_seconds) * 1000:
             await self._give_up(entry_id, mail_id, kind, recipients, attempt, error)
             return
         due_ms = int((time.time() + delay) * 1000)
