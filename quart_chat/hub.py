@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .broker import PRESENCE_CHANNEL, Broker
+from . import keys
+from .broker import Broker
 from .config import Settings
 from .history import RoomHistory
 from .mail import make_mailer
@@ -64,7 +65,7 @@ class ChatHub:
         self.settings = settings
         self.redis = redis
         self.broker = Broker(redis_url, redis, settings.ws_idle_timeout_seconds)
-        self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
+        self.presence = PresenceTracker(redis, self.broker.worker_id, keys.PRESENCE_CHANNEL)
         self.broker.presence_observer = self.presence
         # Handshakes, `ready` and joins read through this: a burst of them costs
         # a round trip per pipeline, not per socket.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from .storage import script
+
 _HIT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -19,7 +21,7 @@ return {count, ttl}
 
 async def hit_limit(redis: Redis, key: str, limit: int, window_seconds: int) -> int | None:
     """Count one hit on `key`; return seconds until the window resets if over `limit`, else None."""
-    count, ttl = await redis.eval(_HIT, 1, key, window_seconds)
+    count, ttl = await script(redis, _HIT)(keys=[key], args=[window_seconds])
     if int(count) > limit:
         return max(1, int(ttl))
     return None
