@@ -15,6 +15,7 @@ from .broker import Broker
 from .config import Settings
 from .history import RoomHistory
 from .mail import make_mailer
+from .migrations import migrate
 from .outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from .presence import PresenceTracker
 from .socketcaps import SocketCaps
@@ -86,6 +87,15 @@ class ChatHub:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        try:
+            await migrate(self.redis)
+        except (RedisError, OSError) as error:
+            # Serving anyway, like the loops below; the next start migrates.
+            log.error(
+                "could not check Redis key names (%s): data written under older names "
+                "stays out of sight until a worker starts with Redis up",
+                error,
+            )
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "chat-pubsub": self.broker.listen,
             "chat-session-sweep": self.broker.sweep_sessions,
