@@ -40,6 +40,7 @@ from typing import Any
 
 import redis
 
+from quart_chat import keys
 from tests.servers import ChatServer, RedisServer
 
 CLASSES = ("issued", "not_allowed", "resend_wait", "locked")
@@ -155,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         locked = f"locked@{ALLOWED_DOMAIN}"
         client = redis.Redis.from_url(redis_server.url)
         try:
-            client.set(f"login-code-failures:{locked}", 10**6, ex=3600)
+            client.set(keys.login_code_failures(locked), 10**6, ex=3600)
         finally:
             client.close()
 

@@ -25,14 +25,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .history import ROOM_CHANNEL_PREFIX
+from . import keys
 from .protocol import stream_id_key
-from .sessions import SESSION_REVOKED_CHANNEL, session_key
 from .storage import as_text, raise_if_cancelled, transport_options
 
 log = logging.getLogger(__name__)
-
-PRESENCE_CHANNEL = "chat:presence"
 
 # WebSocket close codes.
 CLOSE_SERVER_ERROR = 1011
@@ -365,11 +362,12 @@ class Broker:
         if kind not in {"message", "pmessage"} or not isinstance(data, bytes):
             return  # subscription confirmations and PING replies
         channel = as_text(message["channel"])  # type: ignore[arg-type]
-        if kind == "pmessage" and channel.startswith(ROOM_CHANNEL_PREFIX):
-            self._fan_out_room(channel.removeprefix(ROOM_CHANNEL_PREFIX), data.decode())
-        elif channel == PRESENCE_CHANNEL:
+        room = keys.room_of_channel(channel) if kind == "pmessage" else None
+        if room is not None:
+            self._fan_out_room(room, data.decode())
+        elif channel == keys.PRESENCE_CHANNEL:
             self._fan_out_presence(data.decode())
-        elif channel == SESSION_REVOKED_CHANNEL:
+        elif channel == keys.SESSION_REVOKED_CHANNEL:
             self.close_session(data.decode())
 
     # -- the listener ----------------------------------------------------------
@@ -409,8 +407,8 @@ class Broker:
         )
         pubsub = client.pubsub()
         try:
-            await pubsub.psubscribe(ROOM_CHANNEL_PREFIX + "*")
-            await pubsub.subscribe(PRESENCE_CHANNEL, SESSION_REVOKED_CHANNEL)
+            await pubsub.psubscribe(keys.ROOM_CHANNEL_PATTERN)
+            await pubsub.subscribe(keys.PRESENCE_CHANNEL, keys.SESSION_REVOKED_CHANNEL)
             await _await_confirmations(pubsub, 3)
             raise_if_cancelled()
             if self.presence_observer is not None:
@@ -515,7 +513,7 @@ class Broker:
             # connection of the pool and queue the handshakes behind them.
             async with self.redis.pipeline(transaction=False) as pipe:
                 for session_id in session_ids:
-                    pipe.exists(session_key(session_id))
+                    pipe.exists(keys.session(session_id))
                 exists = await pipe.execute()
         except (RedisError, OSError) as error:
             log.warning("could not check sessions: %s", error)

@@ -20,9 +20,11 @@ import secrets
 
 from redis.asyncio import Redis
 
+from . import keys
 from .config import Settings
 from .mail import code_mail
-from .outbox import OUTBOX_STREAM, QUEUE_MAIL_LUA, mail_key, new_mail_id
+from .outbox import QUEUE_MAIL_LUA, new_mail_id
+from .storage import script
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +34,6 @@ CODE_MAIL_KIND = "login code"
 
 # ASCII digits only: `\d` would also accept other scripts' digits.
 _CODE_PATTERN = re.compile(r"[0-9]{6}")
-
-
-def _code_key(email: str) -> str:
-    return f"login-code:{email}"
-
-
-def _resend_key(email: str) -> str:
-    return f"login-code-resend:{email}"
-
-
-def _failures_key(email: str) -> str:
-    return f"login-code-failures:{email}"
-
-
-def _code_mail_key(email: str) -> str:
-    """Which queued mail carries the address's current code, so a new code drops it."""
-    return f"login-code-mail:{email}"
 
 
 class IssueOutcome(enum.StrEnum):
@@ -62,7 +47,8 @@ class IssueOutcome(enum.StrEnum):
 # ARGV: mac, ttl, resend seconds, failure limit, allowed (1/0), mail id, mail, kind.
 # The lockout is checked first so a locked address behaves the same whether or
 # not it is allowed. The mail is queued here, not by the caller, so the caller
-# does the same work whatever the outcome.
+# does the same work whatever the outcome. The address's keys share a slot; the
+# mail hash and the outbox stream are in the outbox's own (see keys.py).
 _ISSUE = (
     QUEUE_MAIL_LUA
     + """
@@ -158,23 +144,25 @@ async def issue_code(redis: Redis, settings: Settings, email: str) -> IssueOutco
     code = generate_code()
     mail = code_mail(email, code, settings.code_ttl_seconds)
     mail_id = new_mail_id()
-    result = await redis.eval(
-        _ISSUE,
-        6,
-        _code_key(email),
-        _resend_key(email),
-        _failures_key(email),
-        _code_mail_key(email),
-        mail_key(mail_id),
-        OUTBOX_STREAM,
-        code_mac(settings, email, code),
-        settings.code_ttl_seconds,
-        settings.code_resend_seconds,
-        settings.code_failures_per_email_day,
-        "1" if is_email_allowed(settings, email) else "0",
-        mail_id,
-        mail.to_json(),
-        CODE_MAIL_KIND,
+    result = await script(redis, _ISSUE)(
+        keys=[
+            keys.login_code(email),
+            keys.login_code_resend(email),
+            keys.login_code_failures(email),
+            keys.login_code_mail(email),
+            keys.mail(mail_id),
+            keys.MAIL_OUTBOX,
+        ],
+        args=[
+            code_mac(settings, email, code),
+            settings.code_ttl_seconds,
+            settings.code_resend_seconds,
+            settings.code_failures_per_email_day,
+            "1" if is_email_allowed(settings, email) else "0",
+            mail_id,
+            mail.to_json(),
+            CODE_MAIL_KIND,
+        ],
     )
     outcome = IssueOutcome(result.decode() if isinstance(result, bytes) else result)
     if outcome is IssueOutcome.ISSUED:
@@ -207,13 +195,9 @@ async def verify_code(redis: Redis, settings: Settings, email: str, code: str) -
     if not is_well_formed_code(code):
         return False
     limit = settings.code_failures_per_email_day
-    failures, stored = await redis.eval(
-        _RESERVE,
-        2,
-        _code_key(email),
-        _failures_key(email),
-        limit,
-        FAILURE_WINDOW_SECONDS,
+    code_key, failures_key = keys.login_code(email), keys.login_code_failures(email)
+    failures, stored = await script(redis, _RESERVE)(
+        keys=[code_key, failures_key], args=[limit, FAILURE_WINDOW_SECONDS]
     )
     if int(failures) < 0:
         log.warning(
@@ -226,10 +210,10 @@ async def verify_code(redis: Redis, settings: Settings, email: str, code: str) -
     if (
         stored is not None
         and matches
-        and await redis.eval(_CONSUME, 2, _code_key(email), _failures_key(email), expected)
+        and await script(redis, _CONSUME)(keys=[code_key, failures_key], args=[expected])
     ):
         return True
-    await redis.eval(_FAIL, 1, _code_key(email), settings.code_max_attempts)
+    await script(redis, _FAIL)(keys=[code_key], args=[settings.code_max_attempts])
     if int(failures) == limit:
         log.warning(
             "login code for %s locked for 24 h: %d wrong codes (CHAT_CODE_FAILURES_PER_EMAIL_DAY)",

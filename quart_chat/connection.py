@@ -19,6 +19,7 @@ from typing import Any
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
+from . import keys
 from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
 from .history import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
 from .hub import ChatHub
@@ -183,7 +184,7 @@ class ChatConnection:
         hub = self.hub
         retry_after = await hit_limit(
             hub.redis,
-            f"ratelimit:send:{self.user.id}",
+            keys.user_rate_limit(self.user.id, "send"),
             hub.settings.messages_per_minute,
             SEND_WINDOW_SECONDS,
         )
@@ -211,7 +212,7 @@ class ChatConnection:
             # Through the pipeline: after a restart every socket joins at once.
             retry_after = await hit_limit(
                 self.hub.pipelined,
-                f"ratelimit:backlog:{self.user.id}",
+                keys.user_rate_limit(self.user.id, "backlog"),
                 self.hub.settings.backlog_requests_per_minute,
                 BACKLOG_WINDOW_SECONDS,
             )

@@ -14,11 +14,11 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from . import keys
 from .protocol import encode, stream_id_key
 from .sessions import User
-from .storage import Commands, as_text
+from .storage import Commands, as_text, script
 
-ROOM_CHANNEL_PREFIX = "chat:room:"
 Entry = tuple[bytes, dict[bytes, bytes]]
 # A retry of the same (user, client_id) within this window echoes the original.
 IDEMPOTENCY_SECONDS = 86400
@@ -29,8 +29,9 @@ JOIN_LAST = 50
 # never costs more than this many messages.
 JOIN_BACKLOG_MAX = 1000
 
-# KEYS: stream, idempotency key.
-# ARGV: max length, user id, user name, text, client id, channel, room as JSON,
+# KEYS: stream, idempotency key, channel (a channel, not a key, but named here
+#       so that all three share the room's slot).
+# ARGV: max length, user id, user name, text, client id, room as JSON,
 #       the message JSON after its opening brace, idempotency TTL.
 # The live frame is built here because only XADD knows the id; the worker
 # prepends "<id> " so listeners can order frames without parsing JSON.
@@ -39,25 +40,13 @@ local existing = redis.call('GET', KEYS[2])
 if existing then return {0, existing} end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'user', ARGV[2], 'name', ARGV[3], 'text', ARGV[4], 'client_id', ARGV[5])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[9])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[8])
 local ts = string.match(id, '^%d+')
-local frame = '{"type":"message","room":' .. ARGV[7] .. ',"id":"' .. id .. '","ts":' .. ts
-  .. ',' .. ARGV[8]
-redis.call('PUBLISH', ARGV[6], id .. ' ' .. frame)
+local frame = '{"type":"message","room":' .. ARGV[6] .. ',"id":"' .. id .. '","ts":' .. ts
+  .. ',' .. ARGV[7]
+redis.call('PUBLISH', KEYS[3], id .. ' ' .. frame)
 return {1, id, frame}
 """
-
-
-def room_channel(room: str) -> str:
-    return ROOM_CHANNEL_PREFIX + room
-
-
-def stream_key(room: str) -> str:
-    return f"history:{room}"
-
-
-def _idempotency_key(user_id: str, client_id: str) -> str:
-    return f"sent:{user_id}:{client_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +73,23 @@ class RoomHistory:
         self.redis = redis
         self.reads: Commands = reads or redis
         self.max_per_room = max_per_room
-        self._post = redis.register_script(_POST)
+        self._post = script(redis, _POST)
 
     async def post(self, room: str, user: User, text: str, client_id: str) -> Posted:
         """Store and publish a message once per (user, client_id); a retry returns the original."""
         tail = encode({"user": user.public(), "text": text, "client_id": client_id})[1:]
         result = await self._post(
-            keys=[stream_key(room), _idempotency_key(user.id, client_id)],
+            keys=[
+                keys.room_history(room),
+                keys.sent_message(room, user.id, client_id),
+                keys.room_channel(room),
+            ],
             args=[
                 self.max_per_room,
                 user.id,
                 user.name,
                 text,
                 client_id,
-                room_channel(room),
                 encode(room),
                 tail,
                 IDEMPOTENCY_SECONDS,
@@ -113,7 +105,7 @@ class RoomHistory:
         return Posted(message_id, encode({"type": "message", **original}), created=False)
 
     async def get(self, room: str, message_id: str) -> dict[str, Any] | None:
-        key = stream_key(room)
+        key = keys.room_history(room)
         entries = cast(
             list[Entry], await self.reads.execute_command("XRANGE", key, message_id, message_id)
         )
@@ -124,7 +116,7 @@ class RoomHistory:
         entries = cast(
             list[Entry],
             await self.reads.execute_command(
-                "XREVRANGE", stream_key(room), "+", f"({after}", "COUNT", count
+                "XREVRANGE", keys.room_history(room), "+", f"({after}", "COUNT", count
             ),
         )
         return [_from_entry(room, e) for e in reversed(entries)]
@@ -135,7 +127,7 @@ class RoomHistory:
         entries = cast(
             list[Entry],
             await self.reads.execute_command(
-                "XREVRANGE", stream_key(room), end, "-", "COUNT", count + 1
+                "XREVRANGE", keys.room_history(room), end, "-", "COUNT", count + 1
             ),
         )
         has_more = len(entries) > count

@@ -10,10 +10,12 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .broker import PRESENCE_CHANNEL, Broker
+from . import keys
+from .broker import Broker
 from .config import Settings
 from .history import RoomHistory
 from .mail import make_mailer
+from .migrations import migrate
 from .outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from .presence import PresenceTracker
 from .socketcaps import SocketCaps
@@ -64,7 +66,7 @@ class ChatHub:
         self.settings = settings
         self.redis = redis
         self.broker = Broker(redis_url, redis, settings.ws_idle_timeout_seconds)
-        self.presence = PresenceTracker(redis, self.broker.worker_id, PRESENCE_CHANNEL)
+        self.presence = PresenceTracker(redis, self.broker.worker_id, keys.PRESENCE_CHANNEL)
         self.broker.presence_observer = self.presence
         # Handshakes, `ready` and joins read through this: a burst of them costs
         # a round trip per pipeline, not per socket.
@@ -86,6 +88,15 @@ class ChatHub:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        try:
+            await migrate(self.redis)
+        except (RedisError, OSError) as error:
+            # Serving anyway, like the loops below; the next start migrates.
+            log.error(
+                "could not check Redis key names (%s): data written under older names "
+                "stays out of sight until a worker starts with Redis up",
+                error,
+            )
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "chat-pubsub": self.broker.listen,
             "chat-session-sweep": self.broker.sweep_sessions,

@@ -1,14 +1,14 @@
 """The mail outbox: mail queued in Redis and sent by whichever worker gets to it.
 
 A request never sends mail itself. It stores the rendered message in a hash
-`mail:<id>` whose TTL is how long the mail is worth sending (a login code's
-lifetime), and appends `<id>` to the stream `mail:outbox`. Every worker runs
+`{mail}:<id>` whose TTL is how long the mail is worth sending (a login code's
+lifetime), and appends `<id>` to the stream `{mail}:outbox`. Every worker runs
 `MailOutbox.run`, which reads the stream through the consumer group `mailers`:
 
 - Each stream entry goes to one worker (XREADGROUP); it is acknowledged and
   deleted, together with the hash, in the same script that records the
   outcome, so a sent mail's text (a login code) leaves Redis at once.
-- A failed attempt moves the mail to the sorted set `mail:retry`, due after a
+- A failed attempt moves the mail to the sorted set `{mail}:retry`, due after a
   capped exponential backoff with jitter; any worker puts due mail back on the
   stream. When the next try would come after the hash expires, or the server
   refused the mail for good (a 5xx reply), the outbox gives up and deletes it.
@@ -44,13 +44,12 @@ import aiosmtplib
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from . import keys
 from .mail import Mailer, OutgoingMail
-from .storage import as_text, raise_if_cancelled
+from .storage import as_text, raise_if_cancelled, script
 
 log = logging.getLogger(__name__)
 
-OUTBOX_STREAM = "mail:outbox"
-RETRY_SET = "mail:retry"
 GROUP = "mailers"
 
 POLL_SECONDS = 0.5
@@ -64,10 +63,6 @@ REDIS_BACKOFF_SECONDS = (0.5, 10.0)
 # Every worker start adds a consumer to the group; one that has held nothing
 # for this long is a worker that is gone (a live one reads every POLL_SECONDS).
 FORGET_CONSUMER_SECONDS = 3600.0
-
-
-def mail_key(mail_id: str) -> str:
-    return f"mail:{mail_id}"
 
 
 def new_mail_id() -> str:
@@ -126,17 +121,15 @@ return 1
 """
 )
 
-# KEYS: stream, mail hash. ARGV: group, entry, consumer. Also deletes the
-# mail's release key (a resend window that should not outlive a lost mail).
+# KEYS: stream, mail hash, and the mail's release key if it has one (a resend
+# window that should not outlive a lost mail). ARGV: group, entry, consumer.
 _GIVE_UP = (
     _OWNS
     + """
 if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-local release = redis.call('HGET', KEYS[2], 'release')
-if release and release ~= '' then redis.call('DEL', release) end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', unpack(KEYS, 2))
 return 1
 """
 )
@@ -171,16 +164,9 @@ async def queue_mail(
 ) -> str:
     """Put `mail` in the outbox, worth sending for `ttl_seconds`; returns its id."""
     mail_id = new_mail_id()
-    await redis.eval(
-        _QUEUE,
-        2,
-        mail_key(mail_id),
-        OUTBOX_STREAM,
-        mail_id,
-        mail.to_json(),
-        kind,
-        ttl_seconds,
-        release_key,
+    await script(redis, _QUEUE)(
+        keys=[keys.mail(mail_id), keys.MAIL_OUTBOX],
+        args=[mail_id, mail.to_json(), kind, ttl_seconds, release_key],
     )
     log.info("queued %s mail %s to %s", kind, mail_id, ", ".join(mail.to))
     return mail_id
@@ -248,7 +234,7 @@ class MailOutbox:
     async def create_group(self) -> None:
         try:
             # From id 0, so mail queued before any worker created the group is sent too.
-            await self.redis.xgroup_create(OUTBOX_STREAM, GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(keys.MAIL_OUTBOX, GROUP, id="0", mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -256,20 +242,22 @@ class MailOutbox:
     async def forget_gone_consumers(self) -> None:
         """Remove consumers of workers that are gone and hold nothing. (Deleting a
         consumer would drop its pending entries, hence `pending == 0`.)"""
-        for consumer in await self.redis.xinfo_consumers(OUTBOX_STREAM, GROUP):
+        for consumer in await self.redis.xinfo_consumers(keys.MAIL_OUTBOX, GROUP):
             if consumer["pending"] == 0 and consumer["idle"] > self.forget_consumer_ms:
-                await self.redis.xgroup_delconsumer(OUTBOX_STREAM, GROUP, consumer["name"])
+                await self.redis.xgroup_delconsumer(keys.MAIL_OUTBOX, GROUP, consumer["name"])
 
     async def drain_once(self) -> int:
         """Send what is due now: retries, entries a dead worker left, new mail."""
         redis = self.redis
-        await redis.eval(_PROMOTE, 2, RETRY_SET, OUTBOX_STREAM, int(time.time() * 1000), self.batch)
+        await script(redis, _PROMOTE)(
+            keys=[keys.MAIL_RETRY, keys.MAIL_OUTBOX], args=[int(time.time() * 1000), self.batch]
+        )
         claimed = await redis.xautoclaim(
-            OUTBOX_STREAM, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+            keys.MAIL_OUTBOX, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
         )
         entries: list[tuple[Any, Any]] = list(claimed[1])
         fresh: Any = await redis.xreadgroup(
-            GROUP, self.consumer, {OUTBOX_STREAM: ">"}, count=self.batch
+            GROUP, self.consumer, {keys.MAIL_OUTBOX: ">"}, count=self.batch
         )
         for _stream, stream_entries in fresh or []:
             entries.extend(stream_entries)
@@ -291,14 +279,15 @@ class MailOutbox:
     async def _deliver(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         redis = self.redis
         mail_id = as_text(fields.get(b"id", b""))
-        key = mail_key(mail_id)
+        key = keys.mail(mail_id)
         stored = await redis.hgetall(key) if mail_id else {}
         if not stored:
-            await redis.eval(_SETTLE, 2, OUTBOX_STREAM, key, GROUP, entry_id)
+            await script(redis, _SETTLE)(keys=[keys.MAIL_OUTBOX, key], args=[GROUP, entry_id])
             log.info("dropped mail %s: replaced or expired before it was sent", mail_id or "?")
             return
         kind = as_text(stored.get(b"kind", b"mail"))
         attempt = int(stored.get(b"attempts", b"0")) + 1
+        release = as_text(stored.get(b"release", b""))
         recipients = "?"
         try:
             mail = OutgoingMail.from_json(stored[b"mail"])
@@ -308,19 +297,21 @@ class MailOutbox:
             # The worker is stopping: hand the mail on now rather than leave it
             # to be claimed after the timeout meant for dead workers.
             await asyncio.shield(
-                self.redis.eval(_REQUEUE, 1, OUTBOX_STREAM, GROUP, entry_id, self.consumer, mail_id)
+                script(redis, _REQUEUE)(
+                    keys=[keys.MAIL_OUTBOX], args=[GROUP, entry_id, self.consumer, mail_id]
+                )
             )
             log.info("handed %s mail %s to %s back to the outbox", kind, mail_id, recipients)
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            await self._failed(entry_id, mail_id, kind, recipients, attempt, error)
+            await self._failed(entry_id, mail_id, kind, recipients, attempt, error, release)
             return
         except Exception as error:
             # Not a delivery problem but a bad message or a bug: trying again cannot help.
             log.exception("mail outbox: could not build %s mail %s", kind, mail_id)
-            await self._give_up(entry_id, mail_id, kind, recipients, attempt, error)
+            await self._give_up(entry_id, mail_id, kind, recipients, attempt, error, release)
             return
-        await redis.eval(_SETTLE, 2, OUTBOX_STREAM, key, GROUP, entry_id)
+        await script(redis, _SETTLE)(keys=[keys.MAIL_OUTBOX, key], args=[GROUP, entry_id])
         log.info("sent %s mail %s to %s (attempt %d)", kind, mail_id, recipients, attempt)
 
     async def _failed(
@@ -331,29 +322,21 @@ class MailOutbox:
         recipients: str,
         attempt: int,
         error: BaseException,
+        release: str,
     ) -> None:
         delay = min(self.retry_cap_seconds, self.retry_base_seconds * 2 ** (attempt - 1))
         delay *= random.uniform(0.8, 1.2)
-        remaining_ms = await self.redis.pttl(mail_key(mail_id))
+        remaining_ms = await self.redis.pttl(keys.mail(mail_id))
         # A retry is picked up on a later poll, not at its due time: one due too
         # close to the expiry would find the mail gone and drop it at INFO, where
         # giving up now says so at ERROR.
         if is_permanent(error) or remaining_ms < (delay + 2 * self.poll_seconds) * 1000:
-            await self._give_up(entry_id, mail_id, kind, recipients, attempt, error)
+            await self._give_up(entry_id, mail_id, kind, recipients, attempt, error, release)
             return
         due_ms = int((time.time() + delay) * 1000)
-        retried = await self.redis.eval(
-            _RETRY,
-            3,
-            OUTBOX_STREAM,
-            mail_key(mail_id),
-            RETRY_SET,
-            GROUP,
-            entry_id,
-            self.consumer,
-            mail_id,
-            due_ms,
-            attempt,
+        retried = await script(self.redis, _RETRY)(
+            keys=[keys.MAIL_OUTBOX, keys.mail(mail_id), keys.MAIL_RETRY],
+            args=[GROUP, entry_id, self.consumer, mail_id, due_ms, attempt],
         )
         if retried:
             log.warning(
@@ -374,9 +357,11 @@ class MailOutbox:
         recipients: str,
         attempt: int,
         error: BaseException,
+        release: str,
     ) -> None:
-        gave_up = await self.redis.eval(
-            _GIVE_UP, 2, OUTBOX_STREAM, mail_key(mail_id), GROUP, entry_id, self.consumer
+        mail_keys = [keys.MAIL_OUTBOX, keys.mail(mail_id)] + ([release] if release else [])
+        gave_up = await script(self.redis, _GIVE_UP)(
+            keys=mail_keys, args=[GROUP, entry_id, self.consumer]
         )
         if gave_up:
             log.error(

@@ -1,8 +1,8 @@
 """Who is online, counted per user across every worker, with heartbeats and expiry.
 
 Each worker keeps the truth about its own sockets in memory and mirrors it to
-Redis from one writer task: `presence:worker:<id>` holds its per-user
-connection counts and `presence:workers` the time each worker's heartbeat
+Redis from one writer task: `{presence}:worker:<id>` holds its per-user
+connection counts and `{presence}:workers` the time each worker's heartbeat
 expires. A user is online while any live worker counts them. One Lua script
 applies a batch of counts, announces the transitions (first tab anywhere:
 online; last tab anywhere: offline) and reaps workers whose heartbeat
@@ -31,14 +31,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from . import keys
 from .protocol import DEFAULT_ROOM, encode
 from .sessions import User
-from .storage import as_text, raise_if_cancelled
+from .storage import as_text, raise_if_cancelled, script
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = "presence:workers"
-NAMES_KEY = "presence:names"
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_TTL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
@@ -46,7 +45,10 @@ RETRY_SECONDS = 1.0
 # announcements keep it current: a safety net, not the mechanism.
 ONLINE_REFRESH_SECONDS = 30.0
 
+# Other workers' hashes are named by ARGV[1] (their prefix) and the ids in the
+# workers set: only the script knows which are live. All share one slot.
 _TOTAL = """
+local function worker_key(w) return ARGV[1] .. w end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,29 +59,30 @@ end
 local function total(live, user)
   local n = 0
   for _, w in ipairs(live) do
-    n = n + tonumber(redis.call('HGET', 'presence:worker:' .. w, user) or '0')
+    n = n + tonumber(redis.call('HGET', worker_key(w), user) or '0')
   end
   return n
 end
 """
 
-# KEYS: workers zset, names hash.
-# ARGV: worker id, heartbeat ttl ms, full sync (1/0), channel, room JSON,
-#       then (user id, count, public user JSON) for each user to set.
+# KEYS: workers zset, names hash, this worker's hash.
+# ARGV: worker hash prefix, worker id, heartbeat ttl ms, full sync (1/0),
+#       channel, room JSON, then (user id, count, public user JSON) for each
+#       user to set.
 _SYNC = (
     _TOTAL
     + """
-local me = ARGV[1]
-local mine = 'presence:worker:' .. me
+local me = ARGV[2]
+local mine = KEYS[3]
 local now = now_ms()
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 -- Live while this runs even when withdrawing (ttl 0), so its users' totals drop to 0 here.
 redis.call('ZADD', KEYS[1], now + math.max(ttl, 1000), me)
 
 local function announce(user, status)
   local public = redis.call('HGET', KEYS[2], user)
   if public then
-    redis.call('PUBLISH', ARGV[4], '{"type":"presence","room":' .. ARGV[5] .. ',"user":'
+    redis.call('PUBLISH', ARGV[5], '{"type":"presence","room":' .. ARGV[6] .. ',"user":'
       .. public .. ',"status":"' .. status .. '"}')
   end
 end
@@ -101,12 +104,12 @@ local function set_count(user, count)
 end
 
 local given = {}
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   given[ARGV[i]] = true
   if tonumber(ARGV[i + 1]) > 0 then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
   set_count(ARGV[i], tonumber(ARGV[i + 1]))
 end
-if ARGV[3] == '1' then
+if ARGV[4] == '1' then
   for _, user in ipairs(redis.call('HKEYS', mine)) do
     if not given[user] then set_count(user, 0) end
   end
@@ -118,8 +121,8 @@ if ttl == 0 then
 end
 
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  local users = redis.call('HKEYS', 'presence:worker:' .. w)
-  redis.call('DEL', 'presence:worker:' .. w)
+  local users = redis.call('HKEYS', worker_key(w))
+  redis.call('DEL', worker_key(w))
   redis.call('ZREM', KEYS[1], w)
   local live = live_workers(now)
   for _, user in ipairs(users) do
@@ -130,14 +133,15 @@ return 1
 """
 )
 
-# KEYS: workers zset, names hash. Returns the public JSON of every online user.
+# KEYS: workers zset, names hash. ARGV: worker hash prefix.
+# Returns the public JSON of every online user.
 _ONLINE = (
     _TOTAL
     + """
 local seen = {}
 local out = {}
 for _, w in ipairs(live_workers(now_ms())) do
-  for _, user in ipairs(redis.call('HKEYS', 'presence:worker:' .. w)) do
+  for _, user in ipairs(redis.call('HKEYS', worker_key(w))) do
     if not seen[user] then
       seen[user] = true
       local public = redis.call('HGET', KEYS[2], user)
@@ -174,8 +178,8 @@ class PresenceTracker:
         self._users: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._sync = redis.register_script(_SYNC)
-        self._online = redis.register_script(_ONLINE)
+        self._sync = script(redis, _SYNC)
+        self._online = script(redis, _ONLINE)
         # Everyone online on any worker (user id -> public JSON), or None until
         # the first snapshot and after pub/sub was lost (announcements missed).
         self._known: dict[str, str] | None = None
@@ -250,7 +254,9 @@ class PresenceTracker:
         self._known, self._known_at, self._known_json = known, time.monotonic(), None
 
     async def _read_online(self) -> dict[str, str]:
-        stored = await self._online(keys=[WORKERS_KEY, NAMES_KEY])
+        stored = await self._online(
+            keys=[keys.PRESENCE_WORKERS, keys.PRESENCE_NAMES], args=[keys.PRESENCE_WORKER_PREFIX]
+        )
         known = {}
         for item in stored:
             public = as_text(item)
@@ -318,6 +324,7 @@ class PresenceTracker:
 
     async def _write(self, users: set[str], *, full: bool, ttl_seconds: float) -> None:
         args: list[Any] = [
+            keys.PRESENCE_WORKER_PREFIX,
             self.worker_id,
             int(ttl_seconds * 1000),
             "1" if full else "0",
@@ -327,7 +334,10 @@ class PresenceTracker:
         for user_id in users:
             public = self._users.get(user_id) or encode({"id": user_id, "name": ""})
             args += [user_id, self._counts.get(user_id, 0), public]
-        await self._sync(keys=[WORKERS_KEY, NAMES_KEY], args=args)
+        await self._sync(
+            keys=[keys.PRESENCE_WORKERS, keys.PRESENCE_NAMES, keys.presence_worker(self.worker_id)],
+            args=args,
+        )
         for user_id in users:
             if user_id not in self._counts:
                 self._users.pop(user_id, None)

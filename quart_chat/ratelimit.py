@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from .storage import Commands
+from .storage import Commands, script
 
 _HIT = """
 local count = redis.call('INCR', KEYS[1])
@@ -25,7 +25,7 @@ async def hit_limit(redis: Commands, key: str, limit: int, window_seconds: int) 
     `redis` may be a `Pipelined`: a hit counted twice after a reconnect only
     makes that window one request stricter.
     """
-    count, ttl = await redis.execute_command("EVAL", _HIT, 1, key, window_seconds)
+    count, ttl = await script(redis, _HIT)(keys=[key], args=[window_seconds])
     if int(count) > limit:
         return max(1, int(ttl))
     return None

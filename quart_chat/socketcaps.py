@@ -1,8 +1,8 @@
 """Caps on open chat sockets per user and per client address, across every worker.
 
 Each worker keeps its own counts in memory and mirrors them to Redis
-(`sockets:worker:<id>`, a hash of `u:<user id>` and `a:<address>` counts),
-with its heartbeat expiry in `sockets:workers`. A handshake is one script
+(`{sockets}:worker:<id>`, a hash of `u:<user id>` and `a:<address>` counts),
+with its heartbeat expiry in `{sockets}:workers`. A handshake is one script
 call: it sums the live workers' counts, and stores this worker's new ones if
 the socket is admitted. A closed socket only changes memory; one writer task
 mirrors it at once (and every count on each heartbeat), so the close path
@@ -21,11 +21,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .storage import Commands, raise_if_cancelled
+from . import keys
+from .storage import Commands, raise_if_cancelled, script
 
 log = logging.getLogger(__name__)
 
-WORKERS_KEY = "sockets:workers"
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_TTL_SECONDS = 30.0
 RETRY_SECONDS = 1.0
@@ -42,7 +42,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # KEYS: workers zset, this worker's hash.
 # ARGV: worker id, heartbeat ttl ms, user field, address field ('' for none),
 #       this worker's user count and address count with the new socket,
-#       user cap, address cap.
+#       user cap, address cap, the prefix of every worker's hash (only the
+#       script knows which workers are live; all share one slot).
 # Returns 0 (admitted and stored), 1 (user at cap) or 2 (address at cap).
 # Only the writer's heartbeat keeps a worker live: if that task died, the
 # worker's counts (no longer kept up to date) stop counting.
@@ -52,7 +53,7 @@ _ADMIT = (
 local users, addresses = tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   if w ~= ARGV[1] then
-    local counts = redis.call('HMGET', 'sockets:worker:' .. w, ARGV[3], ARGV[4])
+    local counts = redis.call('HMGET', ARGV[9] .. w, ARGV[3], ARGV[4])
     users = users + tonumber(counts[1] or '0')
     addresses = addresses + tonumber(counts[2] or '0')
   end
@@ -67,7 +68,8 @@ return 0
 )
 
 # KEYS: workers zset, this worker's hash.
-# ARGV: worker id, heartbeat ttl ms (0: withdraw), full (1/0), then (field, count) pairs.
+# ARGV: worker id, heartbeat ttl ms (0: withdraw), full (1/0), the prefix of
+#       every worker's hash, then (field, count) pairs.
 _SYNC = (
     _NOW
     + """
@@ -78,7 +80,7 @@ if ttl == 0 then
   return 0
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   if tonumber(ARGV[i + 1]) > 0 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   else
@@ -87,7 +89,7 @@ for i = 4, #ARGV, 2 do
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  redis.call('DEL', 'sockets:worker:' .. w)
+  redis.call('DEL', ARGV[4] .. w)
   redis.call('ZREM', KEYS[1], w)
 end
 return 0
@@ -134,15 +136,15 @@ class SocketCaps:
         self.max_per_address = max_per_address
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self.ttl_seconds = HEARTBEAT_TTL_SECONDS
-        self._key = f"sockets:worker:{worker_id}"
+        self._key = keys.socket_worker(worker_id)
         self._counts: Counter[str] = Counter()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         # Every handshake of a reconnect storm admits at once: through the
         # worker's pipeline (`Pipelined`), not a pool connection each. The
         # script writes absolute counts, so running it twice is harmless.
-        self._handshakes: Commands = handshakes or redis
-        self._sync = redis.register_script(_SYNC)
+        self._admit = script(handshakes or redis, _ADMIT)
+        self._sync = script(redis, _SYNC)
 
     async def admit(self, user_id: str, address: str | None) -> None:
         """Count a new socket of this user from this address, or raise `SocketCapReached`.
@@ -156,20 +158,19 @@ class SocketCaps:
         for field in fields:
             self._counts[field] += 1
         try:
-            refused = await self._handshakes.execute_command(
-                "EVAL",
-                _ADMIT,
-                2,
-                WORKERS_KEY,
-                self._key,
-                self.worker_id,
-                int(self.ttl_seconds * 1000),
-                user_field,
-                address_field,
-                self._counts[user_field],
-                self._counts[address_field] if address is not None else 0,
-                self.max_per_user,
-                self.max_per_address,
+            refused = await self._admit(
+                keys=[keys.SOCKET_WORKERS, self._key],
+                args=[
+                    self.worker_id,
+                    int(self.ttl_seconds * 1000),
+                    user_field,
+                    address_field,
+                    self._counts[user_field],
+                    self._counts[address_field] if address is not None else 0,
+                    self.max_per_user,
+                    self.max_per_address,
+                    keys.SOCKET_WORKER_PREFIX,
+                ],
             )
         except BaseException:
             # Redis may have stored the counts before failing: rewrite them.
@@ -226,7 +227,12 @@ class SocketCaps:
         await self._write(set(), full=True, ttl_seconds=0)
 
     async def _write(self, fields: set[str], *, full: bool, ttl_seconds: float) -> None:
-        args: list[Any] = [self.worker_id, int(ttl_seconds * 1000), "1" if full else "0"]
+        args: list[Any] = [
+            self.worker_id,
+            int(ttl_seconds * 1000),
+            "1" if full else "0",
+            keys.SOCKET_WORKER_PREFIX,
+        ]
         for field in fields:
             args += [field, self._counts.get(field, 0)]
-        await self._sync(keys=[WORKERS_KEY, self._key], args=args)
+        await self._sync(keys=[keys.SOCKET_WORKERS, self._key], args=args)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+import weakref
+from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 # redis-py's `from_url` caps the pool at 100 and raises past that; a blocking
 # pool makes a burst wait for a free connection instead of failing a request.
@@ -28,6 +31,51 @@ COMMAND_TIMEOUT_SECONDS = 5
 
 
 log = logging.getLogger(__name__)
+
+
+class Commands(Protocol):
+    """What `Redis` and `Pipelined` both offer: one command, its parsed reply."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+
+class Script:
+    """A Lua script called by its SHA (EVALSHA) once Redis has it, sent whole (EVAL)
+    until then.
+
+    Unlike redis-py's `register_script`, a miss costs one EVAL, not SCRIPT LOAD
+    plus a second EVALSHA, and once Redis lost its scripts (a restart) calls use
+    EVAL until one succeeds: in a reconnect storm thousands of calls arrive at
+    once, and each extra command holds a pool connection for a pass of the loop.
+    """
+
+    def __init__(self, redis: Commands, text: str) -> None:
+        self.redis = redis
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        self._loaded = False
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        redis = self.redis
+        if self._loaded:
+            try:
+                return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self._loaded = False
+        result = await redis.execute_command("EVAL", self.text, len(keys), *keys, *args)
+        self._loaded = True
+        return result
+
+
+_scripts: weakref.WeakKeyDictionary[Commands, dict[str, Script]] = weakref.WeakKeyDictionary()
+
+
+def script(redis: Commands, text: str) -> Script:
+    """`text` as a `Script` of `redis` (a client or a `Pipelined`), made once per client."""
+    registered = _scripts.setdefault(redis, {})
+    if text not in registered:
+        registered[text] = Script(redis, text)
+    return registered[text]
 
 
 class Throttled:
@@ -64,12 +112,6 @@ class LoggingPool(BlockingConnectionPool):
                 self.timeout,
             )
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-
-class Commands(Protocol):
-    """What `Redis` and `Pipelined` both offer: one command, its parsed reply."""
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any: ...
 
 
 class Pipelined:

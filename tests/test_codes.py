@@ -8,6 +8,7 @@ import logging
 import pytest
 from redis.asyncio import Redis
 
+from quart_chat import keys
 from quart_chat.codes import (
     IssueOutcome,
     generate_code,
@@ -29,7 +30,7 @@ def tuned(settings: Settings, **changes: object) -> Settings:
 
 async def queued_mail(redis: Redis, email: str) -> OutgoingMail | None:
     """The code mail waiting in the outbox for `email` (no drainer runs in these tests)."""
-    key = await redis.get(f"login-code-mail:{email}")
+    key = await redis.get(keys.login_code_mail(email))
     body = await redis.hget(as_text(key), "mail") if key else None
     return None if body is None else OutgoingMail.from_json(body)
 
@@ -80,7 +81,7 @@ async def test_the_code_is_stored_only_as_a_keyed_hash_and_in_its_mail(
     redis: Redis, settings: Settings
 ) -> None:
     code = await issued(redis, settings)
-    mail_key = as_text(await redis.get("login-code-mail:ada@example.com"))
+    mail_key = as_text(await redis.get(keys.login_code_mail("ada@example.com")))
     # The queued mail holds the code until it is sent, and no longer than the code lives.
     assert 0 < await redis.ttl(mail_key) <= settings.code_ttl_seconds
     for key in await redis.keys("*"):
@@ -99,7 +100,7 @@ async def test_the_code_is_stored_only_as_a_keyed_hash_and_in_its_mail(
 async def test_a_new_code_drops_the_old_codes_queued_mail(redis: Redis, settings: Settings) -> None:
     eager = tuned(settings, code_resend_seconds=0)
     await issued(redis, eager)
-    first_key = await redis.get("login-code-mail:ada@example.com")
+    first_key = await redis.get(keys.login_code_mail("ada@example.com"))
     new = await issued(redis, eager)
     assert not await redis.exists(first_key)
     mail = await queued_mail(redis, EMAIL)
@@ -152,15 +153,15 @@ async def test_new_code_replaces_the_old(redis: Redis, settings: Settings) -> No
 async def test_resend_within_the_window_issues_nothing(redis: Redis, settings: Settings) -> None:
     code = await issued(redis, settings)
     assert await issue_code(redis, settings, EMAIL) is IssueOutcome.RESEND_WAIT
-    assert await redis.xlen("mail:outbox") == 1
+    assert await redis.xlen(keys.MAIL_OUTBOX) == 1
     assert await verify_code(redis, settings, EMAIL, code)
 
 
 async def test_not_allowed_address_gets_no_code(redis: Redis, settings: Settings) -> None:
     limited = tuned(settings, allowed_email_domains=["corp.test"])
     assert await issue_code(redis, limited, EMAIL) is IssueOutcome.NOT_ALLOWED
-    assert await redis.keys("login-code:*") == []
-    assert await redis.keys("mail:*") == []
+    assert await redis.keys("{login:*}:code") == []
+    assert await redis.keys("{mail}:*") == []
 
 
 async def test_concurrent_use_of_one_code_succeeds_once(redis: Redis, settings: Settings) -> None:
@@ -185,7 +186,7 @@ async def test_daily_failures_lock_the_address(
     assert await verify_code(
         redis, strict, "bob@example.com", await issued(redis, strict, "bob@example.com")
     )
-    assert 86000 < await redis.ttl("login-code-failures:ada@example.com") <= 86400
+    assert 86000 < await redis.ttl(keys.login_code_failures("ada@example.com")) <= 86400
 
 
 async def test_concurrent_wrong_guesses_cannot_pass_the_daily_limit(
@@ -205,10 +206,10 @@ async def test_concurrent_wrong_guesses_cannot_pass_the_daily_limit(
         for pool in pools:
             await pool.aclose()
     assert not any(results)
-    assert int(await redis.get("login-code-failures:ada@example.com")) == 100
+    assert int(await redis.get(keys.login_code_failures("ada@example.com"))) == 100
     # Locked now: even the right code is refused, and the count stays at the limit.
     assert not await verify_code(redis, strict, EMAIL, code)
-    assert int(await redis.get("login-code-failures:ada@example.com")) == 100
+    assert int(await redis.get(keys.login_code_failures("ada@example.com"))) == 100
 
 
 async def test_a_right_code_does_not_count_towards_the_daily_limit(
@@ -217,4 +218,4 @@ async def test_a_right_code_does_not_count_towards_the_daily_limit(
     strict = tuned(settings, code_failures_per_email_day=2, code_resend_seconds=0)
     for _ in range(5):
         assert await verify_code(redis, strict, EMAIL, await issued(redis, strict))
-    assert int(await redis.get("login-code-failures:ada@example.com") or 0) == 0
+    assert int(await redis.get(keys.login_code_failures("ada@example.com")) or 0) == 0

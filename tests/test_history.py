@@ -7,7 +7,8 @@ import json
 
 from redis.asyncio import Redis
 
-from quart_chat.history import RoomHistory, room_channel
+from quart_chat import keys
+from quart_chat.history import RoomHistory
 from quart_chat.sessions import get_or_create_user
 
 
@@ -20,7 +21,7 @@ async def test_concurrent_retries_of_one_client_id_post_once(redis: Redis) -> No
     assert sum(r.created for r in results) == 1
     assert len({r.id for r in results}) == 1
     assert len({r.frame for r in results}) == 1
-    assert await redis.xlen("history:general") == 1
+    assert await redis.xlen(keys.room_history("general")) == 1
     # Another user may use the same client_id: ids are per user.
     bob = await get_or_create_user(redis, "bob@example.com")
     assert (await history.post("general", bob, "hello", "same")).created
@@ -30,7 +31,7 @@ async def test_a_posted_message_is_published_with_its_stream_id(redis: Redis) ->
     ann = await get_or_create_user(redis, "ann@example.com")
     history = RoomHistory(redis, 10000)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(room_channel("general"))
+    await pubsub.subscribe(keys.room_channel("general"))
     try:
         await pubsub.get_message(timeout=5)  # the subscribe confirmation
         posted = await history.post("general", ann, 'quotes " and \\ and ünïcode', "c1")
@@ -81,7 +82,7 @@ async def test_history_is_capped_per_room(redis: Redis) -> None:
     for n in range(600):
         await history.post("general", ann, f"m{n}", f"c{n}")
     # MAXLEN ~ trims whole stream nodes (100 entries each), so it may keep up to one node more.
-    assert 100 <= await redis.xlen("history:general") <= 200
+    assert 100 <= await redis.xlen(keys.room_history("general")) <= 200
     newest = await history.before("general", None, count=1)
     assert newest.messages[0]["text"] == "m599"
 

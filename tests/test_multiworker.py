@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from quart_chat import keys
 from quart_chat.sessions import create_session, get_or_create_user, revoke_session
 
 from .servers import Caddy, ChatServer, RedisServer, worker_pids
@@ -69,7 +70,7 @@ def server(
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
-    await client.delete("history:general")
+    await client.delete(keys.room_history("general"))
     try:
         yield client
     finally:
@@ -184,7 +185,7 @@ async def drain(ws: ClientConnection) -> None:
 
 
 async def stored_ids(redis: Redis) -> list[str]:
-    return [entry[0].decode() for entry in await redis.xrange("history:general")]
+    return [entry[0].decode() for entry in await redis.xrange(keys.room_history("general"))]
 
 
 async def test_messages_cross_workers_in_stream_order_and_retries_post_once(
@@ -210,7 +211,7 @@ async def test_messages_cross_workers_in_stream_order_and_retries_post_once(
         original = next(m for m in seen_by_ann if m["client_id"] == "a0")
         await send(ann_ws, "ann 0", "a0")
         assert await receive_type(ann_ws, "message") == original
-        assert await redis.xlen("history:general") == 60
+        assert await redis.xlen(keys.room_history("general")) == 60
 
 
 async def test_logout_on_one_worker_closes_the_session_on_every_worker_with_4401(
@@ -360,7 +361,7 @@ async def test_a_redis_restart_mid_chat_loses_no_stored_message(
         seen.append((await receive_type(reader, "message"))["id"])
     async with Redis.from_url(redis_server.url) as fresh:  # the old connection died
         assert seen == await stored_ids(fresh)
-        assert await fresh.xlen("history:general") == 40
+        assert await fresh.xlen(keys.room_history("general")) == 40
     await reader.close()
     await sender.close()
     await draining
@@ -452,8 +453,8 @@ async def test_a_killed_worker_is_replaced_while_chat_goes_on(
 async def presence_of(redis: Redis, worker_id: str) -> tuple[float | None, int]:
     """The worker's heartbeat expiry and how many users it counts, as Redis has them."""
     return (
-        await redis.zscore("presence:workers", worker_id),
-        await redis.hlen(f"presence:worker:{worker_id}"),  # type: ignore[misc]
+        await redis.zscore(keys.PRESENCE_WORKERS, worker_id),
+        await redis.hlen(keys.presence_worker(worker_id)),  # type: ignore[misc]
     )
 
 
@@ -584,7 +585,7 @@ async def test_a_rolling_restart_behind_caddy_loses_repeats_and_refuses_nothing(
 
     stored = [
         (entry_id.decode(), fields[b"client_id"].decode())
-        for entry_id, fields in await redis.xrange("history:general", min=f"({start}")
+        for entry_id, fields in await redis.xrange(keys.room_history("general"), min=f"({start}")
     ]
     assert [client_id for _, client_id in stored] == sent  # each exactly once, in order
     for seen in seen_by_readers:

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from quart_chat import keys
 from quart_chat.mail import OutgoingMail, SmtpMailer, code_mail
-from quart_chat.outbox import GROUP, OUTBOX_STREAM, RETRY_SET, MailOutbox, queue_mail
+from quart_chat.outbox import GROUP, MailOutbox, queue_mail
 
 from .conftest import make_settings
 from .smtp import SmtpSink, code_in
@@ -55,7 +56,7 @@ async def draining(*outboxes: MailOutbox) -> AsyncIterator[None]:
 
 async def settled(redis: Redis, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
-        while await redis.xlen(OUTBOX_STREAM) or await redis.zcard(RETRY_SET):
+        while await redis.xlen(keys.MAIL_OUTBOX) or await redis.zcard(keys.MAIL_RETRY):
             await asyncio.sleep(0.05)
 
 
@@ -86,8 +87,8 @@ async def test_mail_queued_by_one_worker_is_sent_by_another(
     assert smtp.envelope_recipients == [["ada@example.com"]]
     assert f"sent login code mail {mail_id} to ada@example.com (attempt 1)" in caplog.text
     # Sent mail leaves nothing behind: the code is gone from Redis.
-    assert await redis.keys("mail:*") == [OUTBOX_STREAM.encode()]
-    assert await redis.xlen(OUTBOX_STREAM) == 0
+    assert await redis.keys("{mail}:*") == [keys.MAIL_OUTBOX.encode()]
+    assert await redis.xlen(keys.MAIL_OUTBOX) == 0
 
 
 async def test_smtp_down_then_back_gets_the_mail_once(
@@ -133,7 +134,7 @@ async def test_two_drainers_deliver_each_mail_exactly_once(
         await asyncio.sleep(0.5)
     received = Counter(rcpt for rcpts in smtp.envelope_recipients for rcpt in rcpts)
     assert received == Counter(addresses)
-    consumers = await redis.xinfo_consumers(OUTBOX_STREAM, GROUP)
+    consumers = await redis.xinfo_consumers(keys.MAIL_OUTBOX, GROUP)
     # Both took part, and neither holds anything unsettled.
     assert sorted(c["name"].decode() for c in consumers) == ["w1", "w2"]
     assert all(c["pending"] == 0 for c in consumers)
@@ -147,7 +148,7 @@ async def test_a_dead_workers_entry_is_claimed_after_the_timeout(
     await survivor.create_group()
     await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
     # A worker reads the entry and dies before settling it.
-    taken = await redis.xreadgroup(GROUP, "dead-worker", {OUTBOX_STREAM: ">"}, count=1)
+    taken = await redis.xreadgroup(GROUP, "dead-worker", {keys.MAIL_OUTBOX: ">"}, count=1)
     assert len(taken[0][1]) == 1
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -160,7 +161,7 @@ async def test_a_dead_workers_entry_is_claimed_after_the_timeout(
         await asyncio.sleep(0.5)
     assert claimed_after >= 1.5
     assert len(smtp.messages) == 1
-    pending = await redis.xpending(OUTBOX_STREAM, GROUP)
+    pending = await redis.xpending(keys.MAIL_OUTBOX, GROUP)
     assert pending["pending"] == 0
 
 
@@ -180,7 +181,7 @@ async def test_refused_mail_is_given_up_at_once_and_releases_its_key(
         )
         await settled(redis)
     assert not await redis.exists("window")
-    assert await redis.keys("mail:*") == [OUTBOX_STREAM.encode()]
+    assert await redis.keys("{mail}:*") == [keys.MAIL_OUTBOX.encode()]
     assert smtp.messages == []
 
 
@@ -197,7 +198,7 @@ async def test_retries_stop_when_the_mail_expires(
             r"gave up on test mail \w+ to ada@example.com after \d+ attempt\(s\): SMTPConnectError",
         )
         await settled(redis)
-    assert await redis.keys("mail:*") == [OUTBOX_STREAM.encode()]
+    assert await redis.keys("{mail}:*") == [keys.MAIL_OUTBOX.encode()]
     assert "retrying in" in caplog.text
 
 
@@ -207,7 +208,7 @@ async def test_the_drainer_survives_losing_its_group(
     """Redis restarted without its data: the group is gone, and is made again."""
     async with draining(outbox_for(redis, smtp, tmp_path, "w1")):
         await asyncio.sleep(0.3)
-        await redis.delete(OUTBOX_STREAM)
+        await redis.delete(keys.MAIL_OUTBOX)
         await asyncio.sleep(0.3)
         await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
         await asyncio.to_thread(smtp.wait_for_message, "ada@example.com")
@@ -220,11 +221,11 @@ async def test_consumers_of_gone_workers_are_forgotten(
     survivor = outbox_for(redis, smtp, tmp_path, "survivor", forget_consumer_seconds=0.5)
     await survivor.create_group()
     await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
-    await redis.xreadgroup(GROUP, "gone-holding-mail", {OUTBOX_STREAM: ">"}, count=1)
-    await redis.xreadgroup(GROUP, "gone-idle", {OUTBOX_STREAM: ">"}, count=1)
+    await redis.xreadgroup(GROUP, "gone-holding-mail", {keys.MAIL_OUTBOX: ">"}, count=1)
+    await redis.xreadgroup(GROUP, "gone-idle", {keys.MAIL_OUTBOX: ">"}, count=1)
     await asyncio.sleep(0.6)
     await survivor.forget_gone_consumers()
-    names = {c["name"].decode() for c in await redis.xinfo_consumers(OUTBOX_STREAM, GROUP)}
+    names = {c["name"].decode() for c in await redis.xinfo_consumers(keys.MAIL_OUTBOX, GROUP)}
     # The one that still holds a mail stays until that mail is claimed from it.
     assert names == {"gone-holding-mail"}
 
@@ -244,7 +245,7 @@ async def test_a_stopping_worker_hands_its_mail_on_at_once(
         await queue_mail(redis, hello("ada@example.com"), kind="test", ttl_seconds=600)
         async with draining(stopping):
             async with asyncio.timeout(5):
-                while not (await redis.xpending(OUTBOX_STREAM, GROUP))["pending"]:
+                while not (await redis.xpending(keys.MAIL_OUTBOX, GROUP))["pending"]:
                     await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)  # it is waiting for the silent server's greeting
     assert "handed test mail" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from quart_chat.broker import PRESENCE_CHANNEL
+from quart_chat import keys
 from quart_chat.presence import PresenceTracker
 from quart_chat.sessions import User, get_or_create_user
 
@@ -18,7 +18,7 @@ from quart_chat.sessions import User, get_or_create_user
 @pytest.fixture
 async def announcements(redis: Redis) -> AsyncIterator[PubSub]:
     pubsub = redis.pubsub()
-    await pubsub.subscribe(PRESENCE_CHANNEL)
+    await pubsub.subscribe(keys.PRESENCE_CHANNEL)
     await pubsub.get_message(timeout=5)
     try:
         yield pubsub
@@ -51,8 +51,8 @@ async def test_a_user_is_online_while_any_worker_has_a_tab(
 ) -> None:
     ann = await get_or_create_user(redis, "ann@example.com")
     bob = await get_or_create_user(redis, "bob@example.com")
-    one = PresenceTracker(redis, "one", PRESENCE_CHANNEL)
-    two = PresenceTracker(redis, "two", PRESENCE_CHANNEL)
+    one = PresenceTracker(redis, "one", keys.PRESENCE_CHANNEL)
+    two = PresenceTracker(redis, "two", keys.PRESENCE_CHANNEL)
     tasks = [start(one), start(two)]
     try:
         one.add(ann)
@@ -77,8 +77,12 @@ async def test_a_dead_workers_users_go_offline_when_its_heartbeat_expires(
 ) -> None:
     ann = await get_or_create_user(redis, "ann@example.com")
     bob = await get_or_create_user(redis, "bob@example.com")
-    dying = PresenceTracker(redis, "dying", PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1)
-    alive = PresenceTracker(redis, "alive", PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1)
+    dying = PresenceTracker(
+        redis, "dying", keys.PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1
+    )
+    alive = PresenceTracker(
+        redis, "alive", keys.PRESENCE_CHANNEL, heartbeat_seconds=0.2, ttl_seconds=1
+    )
     dying_task, alive_task = start(dying), start(alive)
     try:
         dying.add(ann)
@@ -98,14 +102,14 @@ async def test_a_stopping_worker_withdraws_its_users_at_once(
     redis: Redis, announcements: PubSub
 ) -> None:
     ann: User = await get_or_create_user(redis, "ann@example.com")
-    tracker = PresenceTracker(redis, "w", PRESENCE_CHANNEL)
+    tracker = PresenceTracker(redis, "w", keys.PRESENCE_CHANNEL)
     task = start(tracker)
     tracker.add(ann)
     assert await next_announcement(announcements) == ("ann", "online")
     await stop(task)
     await tracker.withdraw()
     assert await next_announcement(announcements, timeout=2) == ("ann", "offline")
-    assert await redis.zcard("presence:workers") == 0
+    assert await redis.zcard(keys.PRESENCE_WORKERS) == 0
 
 
 async def test_a_listening_worker_keeps_the_online_list_in_memory_from_announcements(
@@ -114,9 +118,9 @@ async def test_a_listening_worker_keeps_the_online_list_in_memory_from_announcem
     """`ready` costs no Redis scan: one snapshot, then the news this worker hears anyway."""
     ann = await get_or_create_user(redis, "ann@example.com")
     bob = await get_or_create_user(redis, "bob@example.com")
-    other = PresenceTracker(redis, "other", PRESENCE_CHANNEL)
+    other = PresenceTracker(redis, "other", keys.PRESENCE_CHANNEL)
     other_task = start(other)
-    listening = PresenceTracker(redis, "listening", PRESENCE_CHANNEL)
+    listening = PresenceTracker(redis, "listening", keys.PRESENCE_CHANNEL)
     try:
         other.add(ann)
         assert await next_announcement(announcements) == ("ann", "online")

@@ -16,9 +16,10 @@ import pytest
 from quart.testing import WebsocketResponseError
 from redis.asyncio import Redis
 
+from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
-from quart_chat.socketcaps import WORKERS_KEY, SocketCaps, address_key
+from quart_chat.socketcaps import SocketCaps, address_key
 
 from .chatting import Person, log_in, receive
 from .conftest import make_settings
@@ -115,7 +116,7 @@ async def test_a_crashed_workers_sockets_stop_counting_when_its_heartbeat_expire
     crashed = SocketCaps(redis, "crashed-worker", 3, 5)
     crashed.ttl_seconds = 1.0
     heartbeat = asyncio.create_task(crashed.run())
-    while await redis.zscore(WORKERS_KEY, "crashed-worker") is None:
+    while await redis.zscore(keys.SOCKET_WORKERS, "crashed-worker") is None:
         await asyncio.sleep(0.01)
     for _ in range(3):
         await crashed.admit(ann.user.id, "192.0.2.1")
@@ -125,7 +126,7 @@ async def test_a_crashed_workers_sockets_stop_counting_when_its_heartbeat_expire
     assert (await refusal(ann))[0] == 429
     async with AsyncExitStack() as stack:
         await eventually_opens(stack, ann)  # after about a second
-    assert not await redis.exists("sockets:worker:crashed-worker")
+    assert not await redis.exists(keys.socket_worker("crashed-worker"))
 
 
 async def test_a_socket_closed_on_one_worker_makes_room_on_another(

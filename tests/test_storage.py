@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from quart_chat.broker import Broker
 from quart_chat.launcher import EmbeddedRedis
-from quart_chat.storage import LoggingPool, Throttled, open_redis, transport_options
+from quart_chat.storage import LoggingPool, Throttled, open_redis, script, transport_options
 
 
 @pytest.fixture
@@ -70,3 +70,24 @@ async def test_an_exhausted_pool_says_so_once_not_per_request(
         assert "all 1 connections in use" in lines[0]
     finally:
         await redis.aclose()
+
+
+async def test_a_script_goes_by_its_sha_once_redis_has_it_and_survives_a_flush(
+    redis: Redis,
+) -> None:
+    text = "return redis.call('INCR', KEYS[1])"
+    counter = script(redis, text)
+    assert script(redis, text) is counter
+    sent: list[str] = []
+    async with redis.monitor() as monitor:
+        results = [await counter(keys=["n"])]
+        results.append(await counter(keys=["n"]))
+        await redis.script_flush()  # what a Redis restart does to its scripts
+        results.append(await counter(keys=["n"]))
+        results.append(await counter(keys=["n"]))
+        await redis.echo("done")
+        while not (command := str((await monitor.next_command())["command"])).startswith("ECHO"):
+            if command.startswith("EVAL"):
+                sent.append(command.split(" ", 1)[0])
+    assert results == [1, 2, 3, 4]
+    assert sent == ["EVAL", "EVALSHA", "EVALSHA", "EVAL", "EVALSHA"]

@@ -18,6 +18,7 @@ import redis
 from quart_auth.extension import _AuthSerializer
 
 from bench.wsclient import Hub, storm
+from quart_chat import keys
 
 from .servers import ChatServer, RedisServer
 from .test_multiworker import SECRET, server_env
@@ -48,9 +49,11 @@ def create_sessions(url: str, count: int) -> list[str]:
             for index in range(count):
                 user_id, session_id = secrets.token_hex(8), secrets.token_urlsafe(32)
                 email = f"storm-{index}@example.com"
-                pipe.hset("users:by-email", email, user_id)
-                pipe.hset(f"user:{user_id}", mapping={"email": email, "name": f"storm{index}"})
-                pipe.set(f"session:{session_id}", user_id, ex=3600)
+                pipe.hset(keys.USERS_BY_EMAIL, email, user_id)
+                pipe.hset(
+                    keys.user_profile(user_id), mapping={"email": email, "name": f"storm{index}"}
+                )
+                pipe.set(keys.session(session_id), user_id, ex=3600)
                 cookies.append(f"QUART_AUTH={serializer.dumps(session_id)}")
             pipe.execute()
     finally:

@@ -23,6 +23,7 @@ from quart import (
 )
 from quart_auth import Unauthorized, current_user, login_user, logout_user
 
+from .. import keys
 from ..addresses import normalize_email
 from ..base import get_app
 from ..codes import is_well_formed_code, issue_code, verify_code
@@ -133,7 +134,7 @@ async def limit_client(action: str, limit: int) -> None:
     which case the app factory's proxy middleware has set it from
     X-Forwarded-For; a client cannot pick its own address otherwise.
     """
-    key = f"ratelimit:{action}:ip:{request.remote_addr}"
+    key = keys.address_rate_limit(action, request.remote_addr)
     retry_after = await hit_limit(get_app().redis, key, limit, IP_WINDOW_SECONDS)
     if retry_after is not None:
         raise APIError(429, "rate_limited", retry_after=retry_after)

@@ -16,11 +16,11 @@ from quart.testing import QuartClient
 from quart_auth import current_user, login_required
 from redis.asyncio import Redis
 
+from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.config import Settings
-from quart_chat.outbox import OUTBOX_STREAM, RETRY_SET
-from quart_chat.sessions import SESSION_REVOKED_CHANNEL, SessionUser
+from quart_chat.sessions import SessionUser
 
 from ..conftest import make_settings
 from ..smtp import SmtpSink, code_in
@@ -87,7 +87,7 @@ async def start_app(
 async def drain(app: ChatApp, timeout: float = 15.0) -> None:
     """Wait until the outbox has settled every mail queued so far: sent, given up or dropped."""
     async with asyncio.timeout(timeout):
-        while await app.redis.xlen(OUTBOX_STREAM) or await app.redis.zcard(RETRY_SET):
+        while await app.redis.xlen(keys.MAIL_OUTBOX) or await app.redis.zcard(keys.MAIL_RETRY):
             await asyncio.sleep(0.05)
 
 
@@ -605,7 +605,7 @@ async def test_logout_revokes_the_session_server_side(
     assert (await replay.get("/whoami", headers={"Cookie": f"{COOKIE}={token}"})).status_code == 200
 
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(SESSION_REVOKED_CHANNEL)
+        await pubsub.subscribe(keys.SESSION_REVOKED_CHANNEL)
         await pubsub.get_message(timeout=5)  # the subscribe confirmation
         response = await client.post("/logout")
         announced = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
@@ -643,7 +643,7 @@ async def test_logging_in_again_replaces_the_session(
     app: ChatApp, client: QuartClient, smtp: SmtpSink, redis: Redis
 ) -> None:
     first = cookie_value(await log_in(client, smtp))
-    await redis.delete("login-code-resend:ada@example.com")
+    await redis.delete(keys.login_code_resend("ada@example.com"))
     await request_code(client)
     code = await read_code(smtp, count=2)
     await client.post("/login", json={"email": EMAIL, "code": code})
@@ -801,7 +801,7 @@ async def test_every_outcome_does_the_same_work_in_the_request(
     app, client = await start_app(
         allowed_email_domains=["allowed.test"], code_failures_per_email_day=5
     )
-    await redis.set("login-code-failures:locked@allowed.test", 5)
+    await redis.set(keys.login_code_failures("locked@allowed.test"), 5)
     assert (await request_code(client, "again@allowed.test")).status_code == 202
     await drain(app)
     # Park this worker's drainer so its polls do not mix into the requests' commands.
@@ -838,12 +838,13 @@ async def test_every_outcome_does_the_same_work_in_the_request(
                 if info["client_type"] != "lua" and name not in CONNECTION_SETUP:
                     commands.append(name)
             seen[outcome] = commands
-    assert seen["issued"] == ["EVAL", "EVAL"]  # the per-IP limit, then issue-and-queue
+    # The per-IP limit, then issue-and-queue, each by its registered SHA.
+    assert seen["issued"] == ["EVALSHA", "EVALSHA"]
     assert all(commands == seen["issued"] for commands in seen.values()), seen
     assert set(log_lines.values()) == {1}, log_lines
     # Only the one address that gets a code has mail waiting.
-    assert await redis.xlen(OUTBOX_STREAM) == 1
-    assert len(await redis.keys("mail:*")) == 2  # the stream and that one mail
+    assert await redis.xlen(keys.MAIL_OUTBOX) == 1
+    assert len(await redis.keys("{mail}:*")) == 2  # the stream and that one mail
 
 
 async def test_a_refused_mail_does_not_block_a_new_code(

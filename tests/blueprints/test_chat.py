@@ -13,7 +13,7 @@ from quart.testing import QuartClient, WebsocketResponseError
 from quart.testing.connections import WebsocketDisconnectError
 from redis.asyncio import Redis
 
-from quart_chat import broker
+from quart_chat import broker, keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.history import RoomHistory
@@ -132,7 +132,7 @@ async def test_messages_arrive_in_stream_order(app: ChatApp, redis: Redis) -> No
                 {"type": "send", "room": "general", "text": f"m{n}", "client_id": f"c{n}"}
             )
         got = [await receive_type(bob_ws, "message") for _ in range(20)]
-    stored = await redis.xrange("history:general")
+    stored = await redis.xrange(keys.room_history("general"))
     assert [m["id"] for m in got] == [entry[0].decode() for entry in stored]
 
 
@@ -206,7 +206,7 @@ async def test_join_while_others_send_has_no_gap_and_no_duplicate(
                 seen += [m["id"] for m in frame["messages"]]
             elif frame["type"] == "message":
                 seen.append(frame["id"])
-    stored = [entry[0].decode() for entry in await redis.xrange("history:general")]
+    stored = [entry[0].decode() for entry in await redis.xrange(keys.room_history("general"))]
     assert seen == stored[1:]
 
 
@@ -219,7 +219,7 @@ async def test_a_retried_send_posts_once_and_echoes_the_original(
         first = await send_text(ws, "once", "same-id")
         retry = await send_text(ws, "once", "same-id")
     assert retry == first
-    assert await redis.xlen("history:general") == 1
+    assert await redis.xlen(keys.room_history("general")) == 1
 
 
 async def test_the_sender_gets_an_echo_without_joining(app: ChatApp, redis: Redis) -> None:
@@ -289,7 +289,7 @@ async def test_too_long_text_is_refused(redis_url: str, redis: Redis, tmp_path: 
             error = await receive_type(ws, "error")
             assert (error["code"], error["client_id"]) == ("too_long", "long")
             assert (await send_text(ws, "x" * 10, "short"))["text"] == "x" * 10
-    assert await redis.xlen("history:general") == 1
+    assert await redis.xlen(keys.room_history("general")) == 1
 
 
 async def test_flooding_is_rate_limited_per_user_not_per_socket(
@@ -312,7 +312,7 @@ async def test_flooding_is_rate_limited_per_user_not_per_socket(
             assert (error["code"], error["client_id"]) == ("rate_limited", "a4")
             assert 1 <= error["retry_after"] <= 60
             assert (await send_text(bob_ws, "bob is fine", "b1"))["text"] == "bob is fine"
-    assert await redis.xlen("history:general") == 4
+    assert await redis.xlen(keys.room_history("general")) == 4
 
 
 # -- closing --------------------------------------------------------------------------
@@ -344,7 +344,7 @@ async def test_an_expired_session_is_closed_with_4401(
         ann = await log_in(app, redis, "ann@example.com")
         async with ann.socket() as ws:
             await start(ws)
-            await redis.delete(f"session:{ann.session_id}")  # what expiry does
+            await redis.delete(keys.session(ann.session_id))  # what expiry does
             with pytest.raises(WebsocketDisconnectError) as closed:
                 while True:
                     await asyncio.wait_for(ws.receive(), 5.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.connection import ChatConnection
@@ -86,7 +87,9 @@ async def test_hostile_frames_get_one_error_and_the_socket_stays_usable(
         # The very next frame is the answer to this one: there was exactly one error.
         assert (await send_text(ws, "still here", "c-after"))["text"] == "still here"
     assert errors_logged(caplog) == []
-    assert [e[1][b"text"] for e in await redis.xrange("history:general")] == [b"still here"]
+    assert [e[1][b"text"] for e in await redis.xrange(keys.room_history("general"))] == [
+        b"still here"
+    ]
 
 
 async def test_a_surrogate_pair_is_a_character_not_an_error(app: ChatApp, redis: Redis) -> None:

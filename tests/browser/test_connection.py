@@ -159,7 +159,7 @@ def test_a_refused_message_turns_red_and_retry_posts_it_once(
 
     # The minute passes (the fixed window's counter expires).
     with redis.Redis.from_url(redis_server.url) as client:
-        for key in client.scan_iter("ratelimit:send:*"):
+        for key in client.scan_iter("{user:*}:ratelimit:send"):
             client.delete(key)
     retry.click()
     delivered(rita.page, refused)

@@ -1,0 +1,154 @@
+"""Every Redis key and channel name quart-chat uses, and nowhere else.
+
+Names carry Redis Cluster hash tags (the part in braces picks the slot) so
+that the keys one script touches share a slot:
+
+- `{room:<id>}`: a room's history stream, its live channel and the
+  idempotency records of sends to it (one script stores, records and publishes);
+- `{user:<id>}`: a user's profile and per-user rate limits;
+- `{login:<hash>}`: an address's login-code keys, tagged by a hash of the
+  normalised email so that no address (braces included) appears in a name or
+  splits its keys over slots;
+- `{mail}`, `{presence}`, `{sockets}`: each shared structure with the
+  per-item keys its scripts reach, in one slot each.
+
+No user text appears in a name: ids are server-made, emails and client ids
+are hashed. `PATTERNS` lists every name as a regular expression, so a test can
+check that nothing in Redis is named anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Bumped when names change; quart_chat/migrations.py renames older names.
+SCHEMA_VERSION = 2
+SCHEMA_VERSION_KEY = "quart-chat:schema"
+MIGRATION_LOCK_KEY = "quart-chat:migrating"
+
+# Fixed names for things shared by every worker.
+USERS_BY_EMAIL = "users:by-email"
+PRESENCE_CHANNEL = "chat:presence"
+SESSION_REVOKED_CHANNEL = "chat:session-revoked"
+MAIL_OUTBOX = "{mail}:outbox"
+MAIL_RETRY = "{mail}:retry"
+PRESENCE_WORKERS = "{presence}:workers"
+PRESENCE_NAMES = "{presence}:names"
+SOCKET_WORKERS = "{sockets}:workers"
+# Presence and socket-cap scripts visit every live worker's hash, which only
+# the script knows (the workers set); they are given this prefix instead.
+PRESENCE_WORKER_PREFIX = "{presence}:worker:"
+SOCKET_WORKER_PREFIX = "{sockets}:worker:"
+
+_ROOM_CHANNEL_PREFIX = "{room:"
+_ROOM_CHANNEL_SUFFIX = "}:live"
+# The pattern subscription that reaches every room's channel.
+ROOM_CHANNEL_PATTERN = _ROOM_CHANNEL_PREFIX + "*" + _ROOM_CHANNEL_SUFFIX
+
+
+def room_history(room: str) -> str:
+    return f"{{room:{room}}}:history"
+
+
+def room_channel(room: str) -> str:
+    return f"{_ROOM_CHANNEL_PREFIX}{room}{_ROOM_CHANNEL_SUFFIX}"
+
+
+def room_of_channel(channel: str) -> str | None:
+    """The room whose live channel this is, or None for any other channel."""
+    if channel.startswith(_ROOM_CHANNEL_PREFIX) and channel.endswith(_ROOM_CHANNEL_SUFFIX):
+        return channel[len(_ROOM_CHANNEL_PREFIX) : -len(_ROOM_CHANNEL_SUFFIX)]
+    return None
+
+
+def sent_message(room: str, user_id: str, client_id: str) -> str:
+    """The id of the message a user's send with `client_id` stored, for retries."""
+    return f"{{room:{room}}}:sent:{user_id}:{_digest(client_id, 32)}"
+
+
+def user_profile(user_id: str) -> str:
+    return f"{{user:{user_id}}}:profile"
+
+
+def user_rate_limit(user_id: str, action: str) -> str:
+    return f"{{user:{user_id}}}:ratelimit:{action}"
+
+
+def address_rate_limit(action: str, address: str | None) -> str:
+    return f"ratelimit:{action}:ip:{address}"
+
+
+def session(session_id: str) -> str:
+    """A session, found by the cookie's opaque id alone (the cookie does not name the user)."""
+    return f"session:{session_id}"
+
+
+def email_tag(email: str) -> str:
+    """The hash tag of a normalised address's login keys."""
+    return f"{{login:{_digest(email, 16)}}}"
+
+
+def login_code(email: str) -> str:
+    return f"{email_tag(email)}:code"
+
+
+def login_code_resend(email: str) -> str:
+    return f"{email_tag(email)}:resend"
+
+
+def login_code_failures(email: str) -> str:
+    return f"{email_tag(email)}:failures"
+
+
+def login_code_mail(email: str) -> str:
+    """Which queued mail carries the address's current code, so a new code drops it."""
+    return f"{email_tag(email)}:mail"
+
+
+def mail(mail_id: str) -> str:
+    return f"{{mail}}:{mail_id}"
+
+
+def presence_worker(worker_id: str) -> str:
+    return PRESENCE_WORKER_PREFIX + worker_id
+
+
+def socket_worker(worker_id: str) -> str:
+    return SOCKET_WORKER_PREFIX + worker_id
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+_ID = r"[^{}:]+"
+_HEX16 = r"[0-9a-f]{16}"
+# Every key name above, as written to Redis (channels are not keys).
+PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(pattern)
+    for pattern in (
+        re.escape(SCHEMA_VERSION_KEY),
+        re.escape(MIGRATION_LOCK_KEY),
+        re.escape(USERS_BY_EMAIL),
+        re.escape(MAIL_OUTBOX),
+        re.escape(MAIL_RETRY),
+        re.escape(PRESENCE_WORKERS),
+        re.escape(PRESENCE_NAMES),
+        re.escape(SOCKET_WORKERS),
+        re.escape(PRESENCE_WORKER_PREFIX) + _ID,
+        re.escape(SOCKET_WORKER_PREFIX) + _ID,
+        rf"\{{room:{_ID}\}}:history",
+        rf"\{{room:{_ID}\}}:sent:{_ID}:[0-9a-f]{{32}}",
+        rf"\{{user:{_ID}\}}:profile",
+        rf"\{{user:{_ID}\}}:ratelimit:[a-z-]+",
+        r"ratelimit:[a-z-]+:ip:.+",
+        r"session:[A-Za-z0-9_-]+",
+        rf"\{{login:{_HEX16}\}}:(code|resend|failures|mail)",
+        r"\{mail\}:[0-9a-f]+",
+    )
+)
+
+
+def is_known_key(name: str) -> bool:
+    return any(pattern.fullmatch(name) for pattern in PATTERNS)
