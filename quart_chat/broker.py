@@ -252,6 +252,11 @@ class Broker:
         elif not self.subscribed:
             subscriber.close(CLOSE_SERVER_ERROR)
 
+    @property
+    def closing(self) -> bool:
+        """True once `close_all` ran: the worker is stopping and takes no new sockets."""
+        return self._closing is not None
+
     def close_all(self, code: int) -> None:
         """The worker is going away: close every socket with `code`, now and from now on."""
         self._closing = code

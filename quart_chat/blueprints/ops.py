@@ -18,8 +18,11 @@ HEALTH_TIMEOUT_SECONDS = 2
 async def healthz() -> tuple[dict[str, str], int]:
     """Healthy only if this worker can serve chat: Redis answers a PING on the
     pool, and the pub/sub listener is subscribed (without it every WebSocket
-    handshake is refused with 503, so a proxy must stop routing here)."""
+    handshake is refused with 503, so a proxy must stop routing here). A worker
+    that is stopping says so too, so a proxy's health checks drain it."""
     app = get_app()
+    if app.hub.broker.closing:
+        return {"status": "unavailable", "reason": "stopping"}, 503
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             await app.redis.ping()

@@ -9,6 +9,7 @@ import redis
 from quart.testing import QuartClient
 
 from quart_chat.app import create_app
+from quart_chat.base import ChatApp
 
 from ..conftest import make_settings
 from ..servers import RedisServer
@@ -33,6 +34,12 @@ OK = (200, {"status": "ok"})
 
 async def test_healthz_ok_when_redis_answers(client: QuartClient) -> None:
     assert await health(client) == OK
+
+
+async def test_healthz_503_once_the_worker_is_stopping(app: ChatApp, client: QuartClient) -> None:
+    assert await health(client) == OK
+    app.hub.broker.close_all(1012)  # what the worker's SIGTERM handler does first
+    assert await health(client) == (503, {"status": "unavailable", "reason": "stopping"})
 
 
 async def test_healthz_503_when_redis_is_down_and_recovers(tmp_path: Path) -> None:
