@@ -25,22 +25,18 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from . import keys
 from .protocol import DEFAULT_ROOM, encode
 from .sessions import User
-from .storage import as_text, raise_if_cancelled, script
+from .storage import as_text, script
+from .workercounts import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS, WorkerCounts
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
-HEARTBEAT_TTL_SECONDS = 30.0
-RETRY_SECONDS = 1.0
 # The in-memory online list is rebuilt from Redis this often even though
 # announcements keep it current: a safety net, not the mechanism.
 ONLINE_REFRESH_SECONDS = 30.0
@@ -154,11 +150,13 @@ return out
 )
 
 
-class PresenceTracker:
+class PresenceTracker(WorkerCounts):
     """This worker's open connections per user, mirrored to Redis by one writer task.
 
     `add` and `remove` never wait, so a socket's cleanup cannot be held up by Redis.
     """
+
+    what = "presence"
 
     def __init__(
         self,
@@ -168,16 +166,12 @@ class PresenceTracker:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         ttl_seconds: float = HEARTBEAT_TTL_SECONDS,
     ) -> None:
+        super().__init__(heartbeat_seconds, ttl_seconds)
         self.redis = redis
         self.worker_id = worker_id
         self.channel = channel
-        self.heartbeat_seconds = heartbeat_seconds
-        self.ttl_seconds = ttl_seconds
-        self._counts: Counter[str] = Counter()
         # This worker's users as public JSON, encoded once per add.
         self._users: dict[str, str] = {}
-        self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
         self._sync = script(redis, _SYNC)
         self._online = script(redis, _ONLINE)
         # Everyone online on any worker (user id -> public JSON), or None until
@@ -197,14 +191,7 @@ class PresenceTracker:
         self._mark(user.id)
 
     def remove(self, user: User) -> None:
-        self._counts[user.id] -= 1
-        if self._counts[user.id] <= 0:
-            del self._counts[user.id]
-        self._mark(user.id)
-
-    def _mark(self, user_id: str) -> None:
-        self._dirty.add(user_id)
-        self._wake.set()
+        self._uncount(user.id)
 
     async def online(self) -> list[dict[str, str]]:
         result: list[dict[str, str]] = json.loads(await self.online_json())
@@ -292,37 +279,8 @@ class PresenceTracker:
         self._known = self._known_json = None
         self._generation += 1
 
-    async def run(self) -> None:
-        """Write changed counts as they happen and every count on each heartbeat."""
-        loop = asyncio.get_running_loop()
-        next_heartbeat = loop.time()
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, next_heartbeat - loop.time())):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            full = loop.time() >= next_heartbeat
-            users = set(self._counts) if full else set(self._dirty)
-            self._dirty.clear()
-            try:
-                await self._write(users, full=full, ttl_seconds=self.ttl_seconds)
-                raise_if_cancelled()
-            except (RedisError, OSError) as error:
-                log.warning("could not update presence: %s", error)
-                # Write everything again soon: absolute counts make a retry safe.
-                next_heartbeat = loop.time() + RETRY_SECONDS
-                continue
-            if full:
-                next_heartbeat = loop.time() + self.heartbeat_seconds
-
-    async def withdraw(self) -> None:
-        """On shutdown: this worker's users go offline unless another worker has them."""
-        self._counts.clear()
-        await self._write(set(), full=True, ttl_seconds=0)
-
-    async def _write(self, users: set[str], *, full: bool, ttl_seconds: float) -> None:
+    async def _write(self, fields: set[str], *, full: bool, ttl_seconds: float) -> None:
+        users = fields
         args: list[Any] = [
             keys.PRESENCE_WORKER_PREFIX,
             self.worker_id,

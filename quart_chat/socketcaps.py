@@ -12,23 +12,18 @@ heartbeat expires, like presence (quart_chat/presence.py).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-from collections import Counter
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from . import keys
-from .storage import Commands, raise_if_cancelled, script
+from .storage import Commands, script
+from .workercounts import WorkerCounts
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
-HEARTBEAT_TTL_SECONDS = 30.0
-RETRY_SECONDS = 1.0
 # What a refused client is told to wait: sockets close at human pace.
 RETRY_AFTER_SECONDS = 30
 # Behind a misconfigured proxy the address is whatever a client sent.
@@ -122,7 +117,9 @@ def address_key(host: str | None) -> str | None:
     return str(address)
 
 
-class SocketCaps:
+class SocketCaps(WorkerCounts):
+    what = "socket counts"
+
     def __init__(
         self,
         redis: Redis,
@@ -131,15 +128,11 @@ class SocketCaps:
         max_per_address: int,
         handshakes: Commands | None = None,
     ) -> None:
+        super().__init__()
         self.worker_id = worker_id
         self.max_per_user = max_per_user
         self.max_per_address = max_per_address
-        self.heartbeat_seconds = HEARTBEAT_SECONDS
-        self.ttl_seconds = HEARTBEAT_TTL_SECONDS
         self._key = keys.socket_worker(worker_id)
-        self._counts: Counter[str] = Counter()
-        self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
         # Every handshake of a reconnect storm admits at once: through the
         # worker's pipeline (`Pipelined`), not a pool connection each. The
         # script writes absolute counts, so running it twice is harmless.
@@ -174,11 +167,11 @@ class SocketCaps:
             )
         except BaseException:
             # Redis may have stored the counts before failing: rewrite them.
-            self._uncount(fields)
+            self._uncount(*fields)
             raise
         if int(refused):
             # A write from memory meanwhile may have stored the reservation.
-            self._uncount(fields)
+            self._uncount(*fields)
             raise SocketCapReached(
                 "too_many_sockets" if int(refused) == 1 else "too_many_sockets_from_address"
             )
@@ -186,45 +179,7 @@ class SocketCaps:
     def release(self, user_id: str, address: str | None) -> None:
         """The socket is gone; synchronous, for `finally` blocks."""
         fields = [f"u:{user_id}"] if address is None else [f"u:{user_id}", f"a:{address}"]
-        self._uncount(fields)
-
-    def _uncount(self, fields: list[str]) -> None:
-        for field in fields:
-            self._counts[field] -= 1
-            if self._counts[field] <= 0:
-                del self._counts[field]
-        self._dirty.update(fields)
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Write changed counts as they happen and every count on each heartbeat."""
-        loop = asyncio.get_running_loop()
-        next_heartbeat = loop.time()
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, next_heartbeat - loop.time())):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            full = loop.time() >= next_heartbeat
-            fields = set(self._counts) if full else set(self._dirty)
-            self._dirty.clear()
-            try:
-                await self._write(fields, full=full, ttl_seconds=self.ttl_seconds)
-                raise_if_cancelled()
-            except (RedisError, OSError) as error:
-                log.warning("could not update socket counts: %s", error)
-                # Absolute counts from memory: the next full write repairs everything.
-                next_heartbeat = loop.time() + RETRY_SECONDS
-                continue
-            if full:
-                next_heartbeat = loop.time() + self.heartbeat_seconds
-
-    async def withdraw(self) -> None:
-        """On shutdown: this worker's sockets stop counting at once."""
-        self._counts.clear()
-        await self._write(set(), full=True, ttl_seconds=0)
+        self._uncount(*fields)
 
     async def _write(self, fields: set[str], *, full: bool, ttl_seconds: float) -> None:
         args: list[Any] = [
