@@ -90,11 +90,17 @@ queue_mail(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 )
 
-# Whether stream entry ARGV[2] is still in consumer ARGV[3]'s pending list
-# (KEYS[1] stream, ARGV[1] group): false once another worker claimed it.
-_OWNS = """
-local function owns(stream, group, entry, consumer)
-  return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 1
+# Takes stream entry ARGV[2] off the stream (KEYS[1], group ARGV[1]) if it is
+# still in consumer ARGV[3]'s pending list; false, and nothing done, once
+# another worker claimed it.
+_TAKE = """
+local function take(stream, group, entry, consumer)
+  if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) ~= 1 then
+    return false
+  end
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  return true
 end
 """
 
@@ -109,11 +115,9 @@ return 1
 
 # KEYS: stream, mail hash, retry set. ARGV: group, entry, consumer, id, due ms, attempts.
 _RETRY = (
-    _OWNS
+    _TAKE
     + """
-if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+if not take(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], 'attempts', ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
@@ -124,11 +128,9 @@ return 1
 # KEYS: stream, mail hash, and the mail's release key if it has one (a resend
 # window that should not outlive a lost mail). ARGV: group, entry, consumer.
 _GIVE_UP = (
-    _OWNS
+    _TAKE
     + """
-if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+if not take(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('DEL', unpack(KEYS, 2))
 return 1
 """
@@ -137,11 +139,9 @@ return 1
 # KEYS: stream. ARGV: group, entry, consumer, id. Hands an entry this worker
 # holds back to every worker, as a new entry: for a worker that stops mid-send.
 _REQUEUE = (
-    _OWNS
+    _TAKE
     + """
-if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+if not take(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'id', ARGV[4])
 return 1
 """
