@@ -123,13 +123,9 @@ class ChatHub:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         except TimeoutError:
             log.warning("chat background tasks did not stop in %ss", STOP_WAIT_SECONDS)
-        try:
-            async with asyncio.timeout(STOP_WAIT_SECONDS):
-                await self.presence.withdraw()
-        except (RedisError, OSError, TimeoutError) as error:
-            log.warning("could not withdraw presence at shutdown: %s", error)
-        try:
-            async with asyncio.timeout(STOP_WAIT_SECONDS):
-                await self.socket_caps.withdraw()
-        except (RedisError, OSError, TimeoutError) as error:
-            log.warning("could not withdraw socket counts at shutdown: %s", error)
+        for counts in (self.presence, self.socket_caps):
+            try:
+                async with asyncio.timeout(STOP_WAIT_SECONDS):
+                    await counts.withdraw()
+            except (RedisError, OSError, TimeoutError) as error:
+                log.warning("could not withdraw %s at shutdown: %s", counts.what, error)
