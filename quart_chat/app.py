@@ -9,15 +9,16 @@ from pathlib import Path
 from hypercorn.middleware import ProxyFixMiddleware
 from quart_auth import QuartAuth
 
-from .asgi import ChatSocketRoute, use_permessage_deflate
 from .base import ChatApp
 from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .errors import register_error_handlers
-from .hub import ChatHub
+from .realtime.deflate import use_permessage_deflate
+from .realtime.hub import ChatHub
+from .realtime.middleware import ChatSocketRoute
 from .security import add_security_headers
-from .sessions import SessionUser
 from .storage import open_redis
+from .web import SessionUser
 
 # A full garbage collection walks every live object: a worker with a thousand
 # sockets stalled ~170 ms per pass (bench/), which under load came every ~10 s

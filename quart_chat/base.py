@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .config import Settings
-    from .hub import ChatHub
+    from .realtime.hub import ChatHub
 
 
 class ChatApp(Quart):

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
-from .protocol import DEFAULT_ROOM
+from .realtime.protocol import DEFAULT_ROOM
 from .storage import as_text
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from . import keys
-from .protocol import DEFAULT_ROOM, encode
-from .sessions import User
+from .models.users import User
+from .realtime.protocol import DEFAULT_ROOM, encode
 from .storage import as_text, script
 from .workercounts import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS, WorkerCounts
 

@@ -12,7 +12,8 @@ from quart_auth import generate_auth_token
 from redis.asyncio import Redis
 
 from quart_chat.base import ChatApp
-from quart_chat.sessions import User, create_session, get_or_create_user
+from quart_chat.models.sessions import create_session
+from quart_chat.models.users import User, get_or_create_user
 
 WAIT = 10.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from quart_chat.broker import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Subscriber
+from quart_chat.realtime.broker import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Subscriber
 
 
 class Client:

@@ -8,8 +8,8 @@ import json
 from redis.asyncio import Redis
 
 from quart_chat import keys
-from quart_chat.history import RoomHistory
-from quart_chat.sessions import get_or_create_user
+from quart_chat.models.messages import RoomHistory
+from quart_chat.models.users import get_or_create_user
 
 
 async def test_concurrent_retries_of_one_client_id_post_once(redis: Redis) -> None:

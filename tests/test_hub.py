@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from quart_chat.config import Settings
-from quart_chat.hub import ChatHub, supervise
+from quart_chat.models.users import get_or_create_user
 from quart_chat.presence import PresenceTracker
-from quart_chat.sessions import get_or_create_user
+from quart_chat.realtime.hub import ChatHub, supervise
 
 from .test_presence import announcements, next_announcement, start, stop
 
@@ -49,7 +49,10 @@ async def test_a_presence_writer_that_fails_is_logged_and_restarted_and_users_st
 
         hub.presence._write = fails_once  # type: ignore[method-assign]
         # Three heartbeat lifetimes: a writer that stayed dead would be reaped.
-        with caplog.at_level(logging.ERROR, logger="quart_chat.hub"), pytest.raises(TimeoutError):
+        with (
+            caplog.at_level(logging.ERROR, logger="quart_chat.realtime.hub"),
+            pytest.raises(TimeoutError),
+        ):
             await next_announcement(announcements, timeout=6)
         assert failures == [1]
         failed = [r for r in caplog.records if "chat-presence failed" in r.getMessage()]

@@ -26,7 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from quart_chat import keys
-from quart_chat.sessions import create_session, get_or_create_user, revoke_session
+from quart_chat.models.sessions import create_session, revoke_session
+from quart_chat.models.users import get_or_create_user
 
 from .servers import Caddy, ChatServer, RedisServer, worker_pids
 

@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from quart_chat import keys
+from quart_chat.models.users import User, get_or_create_user
 from quart_chat.presence import PresenceTracker
-from quart_chat.sessions import User, get_or_create_user
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from quart_chat.protocol import (
+from quart_chat.realtime.protocol import (
     MAX_CONTAINERS,
     MAX_NESTING,
     FrameError,

@@ -6,7 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from quart_chat.sessions import get_or_create_user
+from quart_chat.models.users import get_or_create_user
 from quart_chat.storage import open_redis
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from quart_chat.broker import Broker
 from quart_chat.launcher import EmbeddedRedis
+from quart_chat.realtime.broker import Broker
 from quart_chat.storage import LoggingPool, Throttled, open_redis, script, transport_options
 
 

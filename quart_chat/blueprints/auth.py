@@ -28,9 +28,11 @@ from ..addresses import normalize_email
 from ..base import get_app
 from ..codes import is_well_formed_code, issue_code, verify_code
 from ..errors import APIError
+from ..models.sessions import create_session, revoke_session
+from ..models.users import get_or_create_user
 from ..ratelimit import hit_limit
 from ..security import is_allowed_origin, safe_redirect_target
-from ..sessions import SessionUser, create_session, get_or_create_user, revoke_session
+from ..web import SessionUser
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The chat page. The chat WebSocket, `/ws`, is served below Quart (`quart_chat.asgi`)."""
+"""The chat page. The chat WebSocket, `/ws`, is served below Quart (`realtime.middleware`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from quart import Blueprint, redirect, render_template
 from quart_auth import current_user
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from ..sessions import SessionUser
+from ..web import SessionUser
 
 blueprint = Blueprint("chat", __name__)
 

@@ -20,7 +20,7 @@ from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.config import Settings
-from quart_chat.sessions import SessionUser
+from quart_chat.web import SessionUser
 
 from ..conftest import make_settings
 from ..smtp import SmtpSink, code_in

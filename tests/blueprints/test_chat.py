@@ -13,11 +13,13 @@ from quart.testing import QuartClient, WebsocketResponseError
 from quart.testing.connections import WebsocketDisconnectError
 from redis.asyncio import Redis
 
-from quart_chat import broker, keys
+from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
-from quart_chat.history import RoomHistory
-from quart_chat.sessions import get_or_create_user, revoke_session
+from quart_chat.models.messages import RoomHistory
+from quart_chat.models.sessions import revoke_session
+from quart_chat.models.users import get_or_create_user
+from quart_chat.realtime import broker
 
 from ..chatting import log_in, receive, receive_type, send_text, start
 from ..conftest import make_settings

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from quart.typing import TestWebsocketConnectionProtocol as Socket
 from redis.asyncio import Redis
 
-from quart_chat import connection
 from quart_chat.app import create_app
+from quart_chat.realtime import connection
 
 from ..chatting import WAIT, log_in, send_text, start
 from ..conftest import make_settings

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
-from quart_chat.connection import ChatConnection
-from quart_chat.protocol import FrameError, History, Send
+from quart_chat.realtime.connection import ChatConnection
+from quart_chat.realtime.protocol import FrameError, History, Send
 
 from ..chatting import log_in, receive_type, send_text, start
 from ..conftest import make_settings

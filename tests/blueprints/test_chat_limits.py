@@ -16,11 +16,11 @@ import pytest
 from quart.typing import TestWebsocketConnectionProtocol as Socket
 from redis.asyncio import Redis
 
-from quart_chat import connection
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
-from quart_chat.history import RoomHistory
-from quart_chat.sessions import User
+from quart_chat.models.messages import RoomHistory
+from quart_chat.models.users import User
+from quart_chat.realtime import connection
 
 from ..chatting import WAIT, log_in, receive, receive_type, send_text, start
 from ..conftest import make_settings

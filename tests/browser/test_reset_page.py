@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from playwright.sync_api import expect
 from redis.asyncio import Redis
 
-from quart_chat.history import JOIN_BACKLOG_MAX, RoomHistory
-from quart_chat.sessions import get_or_create_user
+from quart_chat.models.messages import JOIN_BACKLOG_MAX, RoomHistory
+from quart_chat.models.users import get_or_create_user
 
 from ..servers import ChatServer, RedisServer
 from .conftest import Browsers, message_texts, unique

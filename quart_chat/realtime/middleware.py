@@ -22,22 +22,21 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from hypercorn.protocol import ws_stream
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart_auth import QuartAuth
 from redis.exceptions import RedisError
 from werkzeug.datastructures import Headers
 from werkzeug.http import parse_cookie
 from werkzeug.sansio.utils import get_host
-from wsproto.extensions import PerMessageDeflate
 
-from .base import ChatApp
+from ..base import ChatApp
+from ..models.sessions import load_session
+from ..models.users import User
+from ..security import is_allowed_origin
+from ..socketcaps import SocketCapReached, address_key
+from ..storage import Throttled
 from .broker import CLOSE_SERVER_ERROR
 from .connection import ChatConnection
-from .security import is_allowed_origin
-from .sessions import User, load_session
-from .socketcaps import SocketCapReached, address_key
-from .storage import Throttled
 
 log = logging.getLogger(__name__)
 _refused_unavailable = Throttled(log)
@@ -174,23 +173,3 @@ async def refuse(
         }
     )
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-
-
-class _DeclinedDeflate(PerMessageDeflate):
-    """permessage-deflate that is never agreed to: the socket runs uncompressed."""
-
-    def accept(self, offer: str) -> None:
-        return None
-
-
-def use_permessage_deflate(enabled: bool) -> None:
-    """Agree to permessage-deflate when clients offer it (browsers always do), or not.
-
-    Hypercorn always agrees and has no setting for it (pgjones/hypercorn#307):
-    its handshake builds a `PerMessageDeflate` by this module-level name, which
-    is swapped here for the whole worker process. tests/test_multiworker.py
-    checks both ways against a real server, so a Hypercorn that stops looking
-    the name up fails there.
-    """
-    extension = PerMessageDeflate if enabled else _DeclinedDeflate
-    ws_stream.PerMessageDeflate = extension  # type: ignore[attr-defined]

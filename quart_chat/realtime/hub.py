@@ -10,16 +10,16 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import keys
+from .. import keys
+from ..config import Settings
+from ..mail import make_mailer
+from ..migrations import migrate
+from ..models.messages import RoomHistory
+from ..outbox import CLAIM_MARGIN_SECONDS, MailOutbox
+from ..presence import PresenceTracker
+from ..socketcaps import SocketCaps
+from ..storage import Pipelined, raise_if_cancelled
 from .broker import Broker
-from .config import Settings
-from .history import RoomHistory
-from .mail import make_mailer
-from .migrations import migrate
-from .outbox import CLAIM_MARGIN_SECONDS, MailOutbox
-from .presence import PresenceTracker
-from .socketcaps import SocketCaps
-from .storage import Pipelined, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from . import keys
-from .protocol import encode, stream_id_key
-from .sessions import User
-from .storage import Commands, as_text, script
+from .. import keys
+from ..realtime.protocol import encode, stream_id_key
+from ..storage import Commands, as_text, script
+from .users import User
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 # A retry of the same (user, client_id) within this window echoes the original.

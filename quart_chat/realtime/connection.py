@@ -19,9 +19,13 @@ from typing import Any
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
-from . import keys
+from .. import keys
+from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
+from ..models.sessions import session_exists
+from ..models.users import User
+from ..ratelimit import hit_limit
+from ..storage import is_refusal, raise_if_cancelled
 from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
-from .history import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
 from .hub import ChatHub
 from .protocol import (
     BAD_REQUEST,
@@ -39,9 +43,6 @@ from .protocol import (
     encode,
     parse_frame,
 )
-from .ratelimit import hit_limit
-from .sessions import User, session_exists
-from .storage import is_refusal, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 SEND_WINDOW_SECONDS = 60

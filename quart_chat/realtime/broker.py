@@ -21,13 +21,13 @@ from typing import Protocol
 from hypercorn.typing import ASGISendCallable
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from . import keys
+from .. import keys
+from ..storage import as_text, raise_if_cancelled, transport_options
 from .protocol import stream_id_key
-from .storage import as_text, raise_if_cancelled, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ class Broker:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             await client.aclose()
 
     async def _read(self, pubsub: PubSub) -> None:

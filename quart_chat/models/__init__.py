@@ -1,0 +1,1 @@
+"""Users, sessions, rooms and messages: what quart-chat stores in Redis, as typed objects."""
