@@ -452,3 +452,17 @@ async def test_rooms_of_lists_general_first_then_by_name_without_archived(world:
     old = await store.create(ann, "private", "beta", "", [])
     await store.update(old.id, ann, admin=False, name=None, topic=None, archived=True)
     assert await world.names_of_rooms(ann) == ["general", "Alpha", "mid", "zeta"]
+
+
+async def test_concurrent_opens_of_one_direct_room_make_one(world: World) -> None:
+    store, ann, bob, cat = world.store, world.ann, world.bob, world.cat
+    opened = await asyncio.gather(
+        *(
+            store.open_direct(user, [o.id for o in (ann, bob, cat) if o != user])
+            for user in (ann, bob, cat) * 4
+        )
+    )
+    assert len({room.id for room, _ in opened}) == 1
+    assert sum(created for _, created in opened) == 1
+    assert await world.redis.hlen(keys.ROOMS_DIRECT) == 1
+    assert await world.names_of_rooms(cat) == ["general", "ann, bob"]
