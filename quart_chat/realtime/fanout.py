@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from .channels import room_channel, user_channel
+from ..keys import room_channel, user_channel
 from .outbox import CLOSE_LOGGED_OUT, CLOSE_TRY_AGAIN_LATER, OUTBOX_FRAMES, Outbox
 from .protocol import (
     EVENT_ADDED,
