@@ -52,6 +52,9 @@ SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "quart-chat:schema"
 MIGRATION_LOCK_KEY = "quart-chat:migrating"
 
+# The room every user is a member of; the only room id not made by the server.
+GENERAL_ROOM = "general"
+
 # Fixed names for things shared by every worker.
 USERS_BY_EMAIL = "users:by-email"
 # The directory: members "<casefolded name>\x00<user id>", all scored 0, so a
