@@ -206,7 +206,9 @@ class ChatConnection:
         rooms.sort(key=lambda room: (room.id != GENERAL, room.public(user)["name"].casefold()))
         return [self._viewed(room, states.get(room.id)) for room in rooms]
 
-    def _viewed(self, room: Room, state: ReadState | None, viewer: User | None = None) -> dict[str, Any]:
+    def _viewed(
+        self, room: Room, state: ReadState | None, viewer: User | None = None
+    ) -> dict[str, Any]:
         """The room object with the viewer's own fields (`unread`, `read_id`, ...)."""
         viewer = viewer or self.user
         if state is None:
@@ -369,9 +371,7 @@ class ChatConnection:
         await self._authorise(frame.room, frame.ref)
         await self._limit_backlog(frame.ref)
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
-        self.outbox.deliver(
-            history_frame(frame.room, page.messages, page.has_more, ref=frame.ref)
-        )
+        self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
 
     async def _limit_backlog(self, ref: str | None) -> None:
         """Count a backlog-producing request against the socket's and the user's limits."""
@@ -472,7 +472,9 @@ class ChatConnection:
             read = read_frame(
                 frame.room, state.read_id or frame.id, fields["unread"], fields["mentions"]
             )
-            await self._publish((keys.user_channel(user_id), event_payload(EVENT_FRAME, None, read)))
+            await self._publish(
+                (keys.user_channel(user_id), event_payload(EVENT_FRAME, None, read))
+            )
             self.outbox.deliver(ok_frame(frame.ref))
         elif frame.ref is not None:
             # Not moved: nothing to tell the other tabs, but a request that asked
@@ -576,9 +578,7 @@ class ChatConnection:
             archived=frame.archived,
         )
         if room.archived:
-            archived = event_payload(
-                EVENT_ARCHIVED, None, room_removed_frame(room.id, "archived")
-            )
+            archived = event_payload(EVENT_ARCHIVED, None, room_removed_frame(room.id, "archived"))
             self.hub.fanout.room_payload(room.id, archived)
             await self._publish((keys.room_channel(room.id), archived))
         elif frame.archived is False:
