@@ -231,8 +231,7 @@ async def test_removal_stops_the_rooms_frames_to_every_socket_of_that_user_at_on
         assert sent(outbox) == [removed]
         assert not fanout.is_joined(outbox, "r1")
     fanout.finish_join(joining, "r1", None)  # the join in progress ends: nothing
-    frame, payload = message("r1", "9-0")
-    fanout.room_payload("r1", payload)
+    fanout.room_payload("r1", message("r1", "9-0")[1])
     for outbox in (joined, joining, watching):
         assert sent(outbox) == []
     assert sent(bob) == [unread_frame("r1", "9-0", "bob")]

@@ -35,8 +35,8 @@ from ..models.users import User
 from ..security import is_allowed_origin
 from ..socketcaps import SocketCapReached, address_key
 from ..storage import Throttled
-from .outbox import CLOSE_SERVER_ERROR
 from .connection import ChatConnection
+from .outbox import CLOSE_SERVER_ERROR
 
 log = logging.getLogger(__name__)
 _refused_unavailable = Throttled(log)
