@@ -425,3 +425,19 @@ async def test_unread_bumps_a_watching_socket_and_ready_counts_what_was_missed(
             assert general["unread"] == 3
             posted = await post(bob_ws, "general", "now")
             assert (await receive_type(ws, "unread"))["id"] == posted["id"]
+
+
+async def test_room_changes_count_against_the_message_limit(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(redis_url, tmp_path, messages_per_minute=3))
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        async with ann.socket() as ws:
+            await start(ws)
+            for n in range(3):
+                await create_room(ws, f"room {n}")
+            refused = await ask(ws, {"type": "room_create", "kind": "public", "name": "one more"})
+            assert refused["code"] == "rate_limited" and refused["retry_after"] >= 1
+            browse = await ask(ws, {"type": "rooms_browse"})
+            assert [r["name"] for r in browse["rooms"]] == ["general"]
