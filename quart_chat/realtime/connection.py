@@ -28,7 +28,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, NotMember, Page
+from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Message, NotMember, Page
 from ..models.rooms import GENERAL, ReadState, Room, RoomError
 from ..models.sessions import revoke_user_sessions, session_exists
 from ..models.users import (
@@ -454,16 +454,14 @@ class ChatConnection:
             )
             return page.last_id
         await self._deliver_pages(room, backlog, ref)
-        return backlog[-1]["id"] if backlog else frame.after
+        return backlog[-1].id if backlog else frame.after
 
     def _deliver_joining(self, room: str, frame: str) -> None:
         """Only while the join is on: a user removed meanwhile gets no more of the room."""
         if self.hub.fanout.is_joining(self.outbox, room):
             self.outbox.deliver(frame)
 
-    async def _deliver_pages(
-        self, room: str, messages: list[dict[str, Any]], ref: str | None
-    ) -> None:
+    async def _deliver_pages(self, room: str, messages: list[Message], ref: str | None) -> None:
         """`messages` as history frames of up to JOIN_PAGE, `has_more` on all but the last;
         paced so live frames still fit in the outbox."""
         starts = range(0, len(messages), JOIN_PAGE) if messages else range(1)
