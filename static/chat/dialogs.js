@@ -434,7 +434,7 @@ function memberItem(app, room, user, canRemove, reload, error) {
   if (app.store.isMe(user.id)) li.append(el("span", "msg-you", "you"));
   else {
     const dm = button("link-button", "Message", () => openDirect(app, [user.id]).catch((f) => showError(error, f)));
-    dm.setAttribute("aria-label", `Message ${user.name}`);
+    dm.setAttribute("aria-label", `Direct message ${user.name}`);
     li.append(dm);
     if (canRemove) {
       const remove = button("link-button", "Remove", async () => {

@@ -329,8 +329,8 @@ class App {
       }
       const dm = button("people-open", "", () => openDirect(this, [user.id]).catch((e) => this.notice(e.message)));
       dm.append(avatar(user), el("span", "people-name", user.name));
-      dm.title = `Message ${user.name}`;
-      dm.setAttribute("aria-label", `Message ${user.name}`);
+      dm.title = `Direct message ${user.name}`;
+      dm.setAttribute("aria-label", `Direct message ${user.name}`);
       li.append(dm);
       return li;
     });

@@ -286,7 +286,17 @@ def test_keyboard_reaches_every_control_with_visible_focus(
             }"""
         )
         reached[name] = outline
-    for control in ("me", "Log out", "jump", "create-room", "browse-rooms", "new-dm", "scroller", "text", "send"):
+    for control in (
+        "me",
+        "Log out",
+        "jump",
+        "create-room",
+        "browse-rooms",
+        "new-dm",
+        "scroller",
+        "text",
+        "send",
+    ):
         assert control in reached, reached
         assert reached[control] != "none", (control, reached[control])
     # And the composer works from the keyboard alone.
