@@ -307,7 +307,7 @@ def test_phone_layout_keeps_the_room_list_in_a_drawer(
     expect(toggle).to_have_attribute("aria-expanded", "true")
     expect(page.locator("#sidebar")).to_be_in_viewport()
     expect(sidebar_link(page, "general")).to_be_focused()
-    page.screenshot(path=ARTIFACTS / "rooms-phone-drawer.png")
+    page.screenshot(path=ARTIFACTS / "rooms-phone-drawer.png", animations="disabled")
     page.keyboard.press("Escape")
     expect(page.locator("#sidebar")).to_be_hidden()
     expect(toggle).to_be_focused()
