@@ -36,9 +36,14 @@ export class Composer {
     this.view = view;
     this.form.hidden = view === null;
     this.textarea.value = view ? view.draft : "";
+    this.relabel(label);
+    this.update();
+  }
+
+  // The open room was renamed: only its name changes, not what is being typed.
+  relabel(label) {
     this.label.textContent = `Message ${label}`;
     this.textarea.placeholder = `Message ${label}`;
-    this.update();
   }
 
   update() {

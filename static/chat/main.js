@@ -204,7 +204,7 @@ class App {
     $("room-topic").hidden = !room?.topic;
     $("room-info").hidden = !room;
     document.title = `${label} · quart-chat`;
-    if (room && this.composer.view?.roomId === room.id) this.composer.bind(this.composer.view, label);
+    if (room && this.composer.view?.roomId === room.id) this.composer.relabel(label);
   }
 
   // ---- frames ---------------------------------------------------------------------------------

@@ -67,9 +67,12 @@ export class Sidebar {
     this.render();
   }
 
+  // Counts change with every message: a keyboard user's place in the list survives it.
   render() {
+    const focused = this.nav.contains(document.activeElement) ? document.activeElement.dataset.room : undefined;
     this.roomList.replaceChildren(...this.store.sorted("rooms").map((room) => this.item(room)));
     this.dmList.replaceChildren(...this.store.sorted("direct").map((room) => this.item(room)));
+    if (focused !== undefined) this.nav.querySelector(`a[data-room="${CSS.escape(focused)}"]`)?.focus();
   }
 
   item(room) {
@@ -99,7 +102,13 @@ export class Sidebar {
     link.addEventListener("click", (event) => {
       if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
       event.preventDefault();
+      const fromDrawer = this.isOpen;
       this.open(room.id);
+      // The drawer closed under the focused link: continue in the room instead.
+      if (fromDrawer) {
+        const composer = document.getElementById("text");
+        (composer.offsetParent ? composer : this.toggle).focus();
+      }
     });
     li.append(link);
     return li;

@@ -324,6 +324,7 @@ def test_phone_layout_keeps_the_room_list_in_a_drawer(
     expect(page.locator("#sidebar")).to_be_hidden()
     expect(title(page)).to_have_text("#general")
     expect(composer).to_be_in_viewport()
+    expect(composer).to_be_focused()
     assert browsers.errors == []
 
 
@@ -366,4 +367,37 @@ def test_ctrl_k_jumps_to_a_room_or_a_person(chat_server: ChatServer, browsers: B
     page.keyboard.press("Escape")
     expect(dialog).to_have_count(0)
     expect(composer).to_be_focused()
+    assert browsers.errors == []
+
+
+def test_switching_rooms_keeps_drafts_scroll_and_the_page(
+    chat_server: ChatServer, redis_server: RedisServer, browsers: Browsers
+) -> None:
+    quinn = browsers.person(chat_server, "quinn.switch@example.test")
+    page = quinn.page
+    batch = unique("scrollback")
+    post_many(
+        redis_server.url, "rosa.switch@example.test", "general", [f"{batch} {n}" for n in range(40)]
+    )
+    delivered(page, f"{batch} 39")
+    page.evaluate("window.__samePage = true")
+    name = room_name("side")
+    create_room(page, name)
+    page.get_by_label(f"Message #{name}", exact=True).fill("half a thought")
+
+    sidebar_link(page, "general").click()
+    general_box = page.get_by_label("Message #general", exact=True)
+    expect(general_box).to_have_value("")
+    general_box.fill("another draft")
+    scroller = page.locator("#scroller")
+    scroller.evaluate("s => { s.scrollTop = 200; }")
+    page.wait_for_timeout(200)
+    kept = scroller.evaluate("s => s.scrollTop")
+
+    sidebar_link(page, name).click()
+    expect(page.get_by_label(f"Message #{name}", exact=True)).to_have_value("half a thought")
+    sidebar_link(page, "general").click()
+    expect(general_box).to_have_value("another draft")
+    assert abs(scroller.evaluate("s => s.scrollTop") - kept) <= 2
+    assert page.evaluate("window.__samePage") is True
     assert browsers.errors == []
