@@ -401,3 +401,44 @@ def test_switching_rooms_keeps_drafts_scroll_and_the_page(
     assert abs(scroller.evaluate("s => s.scrollTop") - kept) <= 2
     assert page.evaluate("window.__samePage") is True
     assert browsers.errors == []
+
+
+def test_invite_from_settings_then_leave_and_archive(
+    chat_server: ChatServer, browsers: Browsers
+) -> None:
+    sam = browsers.person(chat_server, "sam.archive@example.test")
+    tess = browsers.person(chat_server, "tess.archive@example.test")
+    uma = browsers.person(chat_server, "uma.archive@example.test")
+    name = room_name("project")
+    path = create_room(sam.page, name, private=True)
+
+    sam.page.get_by_role("button", name="Members & settings").click()
+    settings = sam.page.get_by_role("dialog", name=f"About #{name}")
+    for person in (tess, uma):
+        settings.get_by_label("Invite someone").fill(person.name)
+        settings.locator(".picker-results").get_by_role("button", name=person.name).click()
+        expect(settings.locator(".info-members")).to_contain_text(person.name)
+        expect(sidebar_link(person.page, name)).to_be_visible()
+    settings.get_by_role("button", name="Close").click()
+
+    # Leaving: the room goes from the leaver's list; the others keep it.
+    tess.page.goto(chat_server.base_url + path)
+    tess.page.get_by_role("button", name="Members & settings").click()
+    tess.page.get_by_role("button", name="Leave room").click()
+    expect(tess.page.locator("#notice")).to_have_text(f"You left #{name}.")
+    expect(title(tess.page)).to_have_text("#general")
+    expect(sidebar_link(tess.page, name)).to_have_count(0)
+
+    # Archiving (pressed twice: it takes the room from everyone) closes it on open tabs.
+    uma.page.goto(chat_server.base_url + path)
+    expect(title(uma.page)).to_have_text(f"#{name}")
+    sam.page.get_by_role("button", name="Members & settings").click()
+    settings = sam.page.get_by_role("dialog", name=f"About #{name}")
+    settings.get_by_role("button", name="Archive room").click()
+    expect(settings).to_contain_text("Press again to archive")
+    settings.get_by_role("button", name="Archive for everyone?").click()
+    for page in (sam.page, uma.page):
+        expect(page.locator("#notice")).to_have_text(f"This room was archived: #{name}.")
+        expect(title(page)).to_have_text("#general")
+        expect(sidebar_link(page, name)).to_have_count(0)
+    assert browsers.errors == []
