@@ -73,7 +73,6 @@ class PeoplePicker {
     this.picked = new Map();
     this.root = el("div", "picker");
     this.search = input("search", "people-search");
-    this.search.setAttribute("aria-describedby", "");
     this.chips = el("ul", "picker-chips");
     this.chips.setAttribute("aria-label", "Picked");
     this.results = el("ul", "picker-results");

@@ -64,7 +64,7 @@ class App {
       if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "k") {
         event.preventDefault();
         if (!document.querySelector("dialog[open]")) switcherDialog(this);
-      } else if (event.key === "Escape" && this.sidebar.isOpen) {
+      } else if (event.key === "Escape" && this.sidebar.isOpen && !document.querySelector("dialog[open]")) {
         this.sidebar.close(true);
       }
     });
