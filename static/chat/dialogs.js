@@ -57,6 +57,12 @@ function errorLine() {
   return line;
 }
 
+function statusLine() {
+  const line = el("p", "dialog-status");
+  line.setAttribute("role", "status");
+  return line;
+}
+
 function showError(line, error) {
   line.textContent = error.message || "Something went wrong.";
 }
@@ -307,7 +313,8 @@ export function profileDialog(app) {
 export function roomInfoDialog(app, roomId) {
   const room = app.store.rooms.get(roomId);
   if (!room) return;
-  openDialog(`About ${roomLabel(room)}`, (body, close) => {
+  openDialog(`About ${roomLabel(room)}`, (body, close, dialog) => {
+    dialog.dataset.room = room.id; // renamed or removed meanwhile: see App.onRoom*
     const me = app.store.me;
     const manager = room.id !== GENERAL && (me?.admin || String(room.created_by) === String(me?.id));
     const canChange = room.kind !== "direct" && manager;
@@ -339,6 +346,7 @@ export function roomInfoDialog(app, roomId) {
 
     if (room.id !== GENERAL && room.kind !== "direct") {
       const inviteError = errorLine();
+      const inviteStatus = statusLine();
       const inviteWrap = el("div", "info-invite");
       loaded.then((users) => {
         const picker = new PeoplePicker(app, {
@@ -346,9 +354,10 @@ export function roomInfoDialog(app, roomId) {
           limit: 1,
           exclude: new Set(users.map((u) => String(u.id))),
           onPick: async (user) => {
+            inviteError.textContent = inviteStatus.textContent = "";
             try {
               await app.conn.request({ type: "room_invite", room: room.id, user: user.id });
-              inviteError.textContent = `${user.name} was invited.`;
+              inviteStatus.textContent = `${user.name} was invited.`;
               picker.exclude.add(String(user.id));
               picker.lookup();
               loadMembers();
@@ -357,7 +366,7 @@ export function roomInfoDialog(app, roomId) {
             }
           },
         });
-        inviteWrap.append(picker.root, inviteError);
+        inviteWrap.append(picker.root, inviteError, inviteStatus);
       });
       body.append(inviteWrap);
     }
@@ -408,18 +417,20 @@ function settingsForm(app, room) {
   const topic = input("text", "topic", room.topic || "");
   topic.maxLength = 250;
   const error = errorLine();
+  const status = statusLine();
   const save = el("button", "button", "Save changes");
   save.type = "submit";
-  form.append(field("Room name", name), field("Topic", topic), error, save);
+  form.append(field("Room name", name), field("Topic", topic), error, status, save);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const change = { type: "room_update", room: room.id };
     if (name.value.trim() !== room.name) change.name = name.value.trim();
     if (topic.value.trim() !== (room.topic || "")) change.topic = topic.value.trim();
     if (change.name === undefined && change.topic === undefined) return;
+    error.textContent = status.textContent = "";
     try {
       await app.conn.request(change);
-      error.textContent = "Saved.";
+      status.textContent = "Saved.";
     } catch (failure) {
       showError(error, failure);
     }

@@ -273,6 +273,8 @@ class App {
     this.store.mergeRoom(room);
     if (room.id === this.current && wasMissing && this.loaded) this.open(room.id, { url: false });
     this.views.get(room.id)?.updateEdge();
+    const about = roomDialog(room.id);
+    if (about) about.querySelector(".dialog-title").textContent = `About ${this.title(room.id)}`;
   }
 
   onRoomRemoved(frame) {
@@ -280,6 +282,7 @@ class App {
     const label = room ? roomLabel(room) : "a room";
     this.store.removeRoom(frame.room);
     this.dropView(frame.room);
+    roomDialog(frame.room)?.close();
     if (frame.room === this.current) this.leaveCurrent(REMOVED_TEXT[frame.reason] ?? "You left", label);
   }
 
@@ -345,6 +348,11 @@ const ERROR_TEXT = {
   not_allowed: "Not allowed.",
   bad_request: "The server could not read that.",
 };
+
+// The open "About" dialog of a room, if any.
+function roomDialog(roomId) {
+  return document.querySelector(`dialog[open][data-room="${CSS.escape(roomId)}"]`);
+}
 
 function roomFromPath(path) {
   const match = /^\/r\/([^/]+)\/?$/.exec(path);

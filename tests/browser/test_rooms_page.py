@@ -201,6 +201,8 @@ def test_unread_badges_clear_on_reading_and_stay_cleared_on_another_device(
     flood = [unique("flood") for _ in range(105)]
     post_many(redis_server.url, gina.email, "general", flood)
     expect(badge(frank.page, "general")).to_have_text("99+")
+    ARTIFACTS.mkdir(exist_ok=True)
+    frank.page.screenshot(path=ARTIFACTS / "rooms-desktop-unread.png")
     phone.page.reload()
     expect(badge(phone.page, "general")).to_have_text("99+")
     assert browsers.errors == []
@@ -223,13 +225,19 @@ def test_browse_join_rename_and_topic_reach_members_live(
 
     renamed = room_name("dinner")
     hana.page.get_by_role("button", name="Members & settings").click()
-    settings = hana.page.get_by_role("dialog", name=f"About #{name}")
+    expect(hana.page.get_by_role("dialog", name=f"About #{name}")).to_be_visible()
+    settings = hana.page.locator("dialog[open]")  # its name follows the room's
     expect(settings.locator(".info-members")).to_contain_text(ivan.name)
     settings.get_by_label("Room name").fill(renamed)
     settings.get_by_label("Topic").fill("Fridays at seven")
     settings.get_by_role("button", name="Save changes").click()
     expect(settings).to_contain_text("Saved.")
+    ARTIFACTS.mkdir(exist_ok=True)
+    hana.page.screenshot(path=ARTIFACTS / "rooms-settings-dialog.png")
+    expect(hana.page.get_by_role("dialog", name=f"About #{renamed}")).to_be_visible()
     settings.get_by_role("button", name="Close").click()
+    expect(settings).to_have_count(0)
+    expect(hana.page.get_by_role("button", name="Members & settings")).to_be_focused()
 
     for page in (hana.page, ivan.page):
         expect(title(page)).to_have_text(f"#{renamed}")
