@@ -90,14 +90,14 @@ class PeoplePicker {
   }
 
   async lookup() {
-    let frame;
+    let found;
     try {
-      frame = await this.app.conn.request({ type: "people", q: this.search.value.trim() });
+      found = await this.app.people.search(this.search.value);
     } catch (error) {
       this.results.replaceChildren(el("li", "picker-empty", error.message));
       return;
     }
-    const users = frame.users.filter(
+    const users = found.filter(
       (user) => !this.app.store.isMe(user.id) && !this.exclude.has(String(user.id)),
     );
     const items = users.map((user) => {
@@ -504,19 +504,23 @@ export function switcherDialog(app) {
         if (options[active]) search.setAttribute("aria-activedescendant", `jump-option-${active}`);
         else search.removeAttribute("aria-activedescendant");
       };
-      const update = async () => {
+      let rooms = [];
+      // Rooms are known locally: shown at every key. People may need the server: debounced.
+      const update = () => {
         const q = search.value.trim().toLowerCase();
-        const rooms = [...app.store.rooms.values()]
+        rooms = [...app.store.rooms.values()]
           .filter((room) => room.name.toLowerCase().includes(q))
           .map((room) => ({ room, label: roomLabel(room) }));
         options = rooms;
         active = 0;
         render();
-        const ticket = ++asked;
+        findPeople(q, ++asked);
+      };
+      const findPeople = debounce(async (q, ticket) => {
         try {
-          const frame = await app.conn.request({ type: "people", q });
+          const found = await app.people.search(q);
           if (ticket !== asked) return;
-          const people = frame.users
+          const people = found
             .filter((user) => !app.store.isMe(user.id))
             .map((user) => ({ user, label: `${user.name} (person)` }));
           options = [...rooms, ...people];
@@ -524,7 +528,7 @@ export function switcherDialog(app) {
         } catch {
           // Rooms alone still work without the directory.
         }
-      };
+      }, 250);
       search.addEventListener("input", update);
       search.addEventListener("keydown", (event) => {
         if (event.key === "ArrowDown" || event.key === "ArrowUp") {

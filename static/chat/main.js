@@ -13,6 +13,7 @@ import {
   switcherDialog,
 } from "./dialogs.js";
 import { avatar, button, compareIds, el, roomLabel } from "./format.js";
+import { PeopleDirectory } from "./people.js";
 import { RoomView } from "./roomview.js";
 import { roomPath, Sidebar } from "./sidebar.js";
 import { Connection } from "./socket.js";
@@ -41,6 +42,7 @@ class App {
       lost: () => this.onLost(),
       loggedOut: () => location.assign("/login"),
     });
+    this.people = new PeopleDirectory(this.conn);
     this.composer = new Composer($("composer"), Number(root.dataset.maxChars) || 4000);
     this.sidebar = new Sidebar(this.store, (roomId) => this.open(roomId));
     this.panes = $("panes");
@@ -110,6 +112,7 @@ class App {
   }
 
   renameUser(user) {
+    this.people.forget();
     this.store.renameUser(user);
     if (this.store.isMe(user.id)) $("me").textContent = user.name;
     for (const view of this.views.values()) view.renameAuthor(user);
