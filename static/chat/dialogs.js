@@ -24,12 +24,34 @@ export function openDialog(title, build, { className = "" } = {}) {
     dialog.remove();
     if (opener && opener.isConnected) opener.focus();
   });
+  dialog.addEventListener("keydown", (event) => keepFocusInside(dialog, event));
   document.body.append(dialog);
   build(body, close, dialog);
   dialog.showModal();
   const first = body.querySelector("[autofocus]") || body.querySelector("input, textarea, button, a");
   first?.focus();
   return dialog;
+}
+
+const FOCUSABLE = "a[href], button:not([disabled]), input:not([disabled]), textarea, select, [tabindex]";
+
+// The page behind a modal is inert, but Tab past the last control would leave
+// for the browser's own toolbar: wrap around instead, as the dialog pattern asks.
+function keepFocusInside(dialog, event) {
+  if (event.key !== "Tab") return;
+  const controls = [...dialog.querySelectorAll(FOCUSABLE)].filter(
+    (node) => node.tabIndex >= 0 && node.offsetParent !== null,
+  );
+  if (controls.length === 0) return;
+  const first = controls[0];
+  const last = controls[controls.length - 1];
+  if (event.shiftKey && document.activeElement === first) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && document.activeElement === last) {
+    event.preventDefault();
+    first.focus();
+  }
 }
 
 function field(labelText, input, help) {

@@ -450,3 +450,48 @@ def test_invite_from_settings_then_leave_and_archive(
         expect(title(page)).to_have_text("#general")
         expect(sidebar_link(page, name)).to_have_count(0)
     assert browsers.errors == []
+
+
+def test_keyboard_alone_creates_a_room_and_a_link_to_a_public_room_offers_to_join(
+    chat_server: ChatServer, browsers: Browsers
+) -> None:
+    vera = browsers.person(chat_server, "vera.keys@example.test")
+    walt = browsers.person(chat_server, "walt.keys@example.test")
+    page = vera.page
+    create = page.get_by_role("button", name="Create a room")
+    page.locator("body").focus()
+    for _ in range(15):
+        page.keyboard.press("Tab")
+        if create.evaluate("button => button === document.activeElement"):
+            break
+    expect(create).to_be_focused()
+    assert create.evaluate("b => getComputedStyle(b).outlineStyle") != "none"
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Create a room")
+    expect(dialog.get_by_label("Name")).to_be_focused()
+    # Focus stays in the dialog, and Escape hands it back to the button.
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        assert dialog.evaluate("d => d.contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(create).to_be_focused()
+
+    name = room_name("keys")
+    page.keyboard.press("Enter")
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    expect(title(page)).to_have_text(f"#{name}")
+    expect(page).to_have_url(ROOM_URL)
+    path = "/" + page.url.split("/", 3)[3]
+
+    # A public room's link: its name is public (browse shows it), so it offers to join.
+    walt.page.goto(chat_server.base_url + path)
+    join = walt.page.get_by_role("button", name=f"Join #{name}")
+    expect(join).to_be_visible()
+    join.focus()
+    walt.page.keyboard.press("Enter")
+    expect(title(walt.page)).to_have_text(f"#{name}")
+    expect(sidebar_link(walt.page, name)).to_be_visible()
+    expect(walt.page.get_by_label(f"Message #{name}", exact=True)).to_be_visible()
+    assert browsers.errors == []
