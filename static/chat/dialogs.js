@@ -28,12 +28,14 @@ export function openDialog(title, build, { className = "" } = {}) {
   document.body.append(dialog);
   build(body, close, dialog);
   dialog.showModal();
-  const first = body.querySelector("[autofocus]") || body.querySelector("input, textarea, button, a");
+  const first =
+    body.querySelector("[autofocus]") || body.querySelector("input, textarea, button, a");
   first?.focus();
   return dialog;
 }
 
-const FOCUSABLE = "a[href], button:not([disabled]), input:not([disabled]), textarea, select, [tabindex]";
+const FOCUSABLE =
+  "a[href], button:not([disabled]), input:not([disabled]), textarea, select, [tabindex]";
 
 // The page behind a modal is inert, but Tab past the last control would leave
 // for the browser's own toolbar: wrap around instead, as the dialog pattern asks.
@@ -196,7 +198,14 @@ export function createRoomDialog(app) {
     const error = errorLine();
     const create = el("button", "button", "Create room");
     create.type = "submit";
-    form.append(field("Name", name), field("Topic (optional)", topic), kinds, picker.root, error, create);
+    form.append(
+      field("Name", name),
+      field("Topic (optional)", topic),
+      kinds,
+      picker.root,
+      error,
+      create,
+    );
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       create.disabled = true;
@@ -315,7 +324,11 @@ export function profileDialog(app) {
     const error = errorLine();
     const save = el("button", "button", "Save");
     save.type = "submit";
-    form.append(field("Display name", name, "Everyone sees this name next to your messages."), error, save);
+    form.append(
+      field("Display name", name, "Everyone sees this name next to your messages."),
+      error,
+      save,
+    );
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       try {
@@ -338,10 +351,13 @@ export function roomInfoDialog(app, roomId) {
   openDialog(`About ${roomLabel(room)}`, (body, close, dialog) => {
     dialog.dataset.room = room.id; // renamed or removed meanwhile: see App.onRoom*
     const me = app.store.me;
-    const manager = room.id !== GENERAL && (me?.admin || String(room.created_by) === String(me?.id));
+    const manager =
+      room.id !== GENERAL && (me?.admin || String(room.created_by) === String(me?.id));
     const canChange = room.kind !== "direct" && manager;
     const facts = el("p", "info-facts");
-    const kind = { public: "Public room", private: "Private room", direct: "Direct message" }[room.kind];
+    const kind = { public: "Public room", private: "Private room", direct: "Direct message" }[
+      room.kind
+    ];
     facts.textContent = `${kind} · ${room.member_count} member${room.member_count === 1 ? "" : "s"}`;
     body.append(facts);
 
@@ -356,7 +372,9 @@ export function roomInfoDialog(app, roomId) {
       try {
         const frame = await app.conn.request({ type: "members", room: room.id });
         members.replaceChildren(
-          ...frame.users.map((user) => memberItem(app, room, user, canRemove, loadMembers, membersError)),
+          ...frame.users.map((user) =>
+            memberItem(app, room, user, canRemove, loadMembers, membersError),
+          ),
         );
         return frame.users;
       } catch (failure) {
@@ -465,7 +483,9 @@ function memberItem(app, room, user, canRemove, reload, error) {
   li.append(avatar(user), el("span", "info-name", user.name));
   if (app.store.isMe(user.id)) li.append(el("span", "msg-you", "you"));
   else {
-    const dm = button("link-button", "Message", () => openDirect(app, [user.id]).catch((f) => showError(error, f)));
+    const dm = button("link-button", "Message", () =>
+      openDirect(app, [user.id]).catch((f) => showError(error, f)),
+    );
     dm.setAttribute("aria-label", `Direct message ${user.name}`);
     li.append(dm);
     if (canRemove) {
@@ -508,7 +528,8 @@ export function switcherDialog(app) {
       const choose = async (option) => {
         close();
         if (option.room) app.open(option.room.id);
-        else await openDirect(app, [option.user.id]).catch((failure) => app.notice(failure.message));
+        else
+          await openDirect(app, [option.user.id]).catch((failure) => app.notice(failure.message));
       };
       const render = () => {
         list.replaceChildren(
@@ -556,7 +577,8 @@ export function switcherDialog(app) {
         if (event.key === "ArrowDown" || event.key === "ArrowUp") {
           event.preventDefault();
           if (options.length === 0) return;
-          active = (active + (event.key === "ArrowDown" ? 1 : -1) + options.length) % options.length;
+          active =
+            (active + (event.key === "ArrowDown" ? 1 : -1) + options.length) % options.length;
           render();
         } else if (event.key === "Enter") {
           event.preventDefault();

@@ -60,13 +60,19 @@ class App {
     $("browse-rooms").addEventListener("click", () => browseRoomsDialog(this));
     $("new-dm").addEventListener("click", () => newDirectDialog(this));
     $("room-info").addEventListener("click", () => roomInfoDialog(this, this.current));
-    window.addEventListener("popstate", () => this.open(roomFromPath(location.pathname), { url: false }));
+    window.addEventListener("popstate", () =>
+      this.open(roomFromPath(location.pathname), { url: false }),
+    );
     document.addEventListener("visibilitychange", () => this.seen(this.views.get(this.current)));
     document.addEventListener("keydown", (event) => {
       if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "k") {
         event.preventDefault();
         if (!document.querySelector("dialog[open]")) switcherDialog(this);
-      } else if (event.key === "Escape" && this.sidebar.isOpen && !document.querySelector("dialog[open]")) {
+      } else if (
+        event.key === "Escape" &&
+        this.sidebar.isOpen &&
+        !document.querySelector("dialog[open]")
+      ) {
         this.sidebar.close(true);
       }
     });
@@ -107,7 +113,8 @@ class App {
 
   // The server says this room is not ours (any more).
   refused(view) {
-    if (this.store.removeRoom(view.roomId) || view.roomId === this.current) this.dropView(view.roomId);
+    this.store.removeRoom(view.roomId);
+    this.dropView(view.roomId);
     if (view.roomId === this.current) this.open(view.roomId, { url: false });
   }
 
@@ -125,7 +132,9 @@ class App {
     const previous = this.views.get(this.current);
     if (previous && roomId !== this.current) previous.detach();
     this.current = roomId;
-    if (url && location.pathname !== roomPath(roomId)) history.pushState({ room: roomId }, "", roomPath(roomId));
+    if (url && location.pathname !== roomPath(roomId)) {
+      history.pushState({ room: roomId }, "", roomPath(roomId));
+    }
     this.sidebar.select(roomId);
     this.sidebar.close();
     this.renderHeader();
@@ -201,7 +210,7 @@ class App {
 
   renderHeader() {
     const room = this.loaded ? this.store.rooms.get(this.current) : null;
-    const label = room ? roomLabel(room) : this.loaded ? "Room not found" : this.current === GENERAL ? "#general" : "…";
+    const label = headerLabel(room, this.loaded, this.current);
     $("room-title").textContent = label;
     $("room-topic").textContent = room?.topic ?? "";
     $("room-topic").hidden = !room?.topic;
@@ -286,7 +295,8 @@ class App {
     this.store.removeRoom(frame.room);
     this.dropView(frame.room);
     roomDialog(frame.room)?.close();
-    if (frame.room === this.current) this.leaveCurrent(REMOVED_TEXT[frame.reason] ?? "You left", label);
+    if (frame.room === this.current)
+      this.leaveCurrent(REMOVED_TEXT[frame.reason] ?? "You left", label);
   }
 
   // The open room went away: say so, and show general instead.
@@ -333,7 +343,9 @@ class App {
         li.append(avatar(user), el("span", "people-name", user.name), el("span", "msg-you", "you"));
         return li;
       }
-      const dm = button("people-open", "", () => openDirect(this, [user.id]).catch((e) => this.notice(e.message)));
+      const dm = button("people-open", "", () =>
+        openDirect(this, [user.id]).catch((e) => this.notice(e.message)),
+      );
       dm.append(avatar(user), el("span", "people-name", user.name));
       dm.title = `Direct message ${user.name}`;
       dm.setAttribute("aria-label", `Direct message ${user.name}`);
@@ -351,6 +363,14 @@ const ERROR_TEXT = {
   not_allowed: "Not allowed.",
   bad_request: "The server could not read that.",
 };
+
+// Until `ready` the page cannot tell a room it may not see from one that does
+// not exist; after it, both read the same.
+function headerLabel(room, loaded, roomId) {
+  if (room) return roomLabel(room);
+  if (loaded) return "Room not found";
+  return roomId === GENERAL ? "#general" : "…";
+}
 
 // The open "About" dialog of a room, if any.
 function roomDialog(roomId) {

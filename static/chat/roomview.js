@@ -140,7 +140,8 @@ export class RoomView {
     clearTimeout(this.joinTimer);
     for (const entry of this.pending.values()) {
       clearTimeout(entry.timer);
-      if (!entry.li.classList.contains("msg-failed")) this.deliveryLine(entry, "Waiting for connection…", false);
+      if (!entry.li.classList.contains("msg-failed"))
+        this.deliveryLine(entry, "Waiting for connection…", false);
     }
   }
 
@@ -204,7 +205,8 @@ export class RoomView {
     this.regroup(li);
     this.regroup(li.nextElementSibling);
     if (this.lastId === null || compareIds(message.id, this.lastId) > 0) this.lastId = message.id;
-    if (this.oldestId === null || compareIds(message.id, this.oldestId) < 0) this.oldestId = message.id;
+    if (this.oldestId === null || compareIds(message.id, this.oldestId) < 0)
+      this.oldestId = message.id;
     return li;
   }
 
@@ -293,7 +295,11 @@ export class RoomView {
   deliveryLine(entry, text, withRetry) {
     entry.li.querySelector(".msg-delivery")?.remove();
     const line = el("p", "msg-delivery", text);
-    if (withRetry) line.append(" ", button("link-button", "Retry", () => this.transmit(entry.clientId)));
+    if (withRetry)
+      line.append(
+        " ",
+        button("link-button", "Retry", () => this.transmit(entry.clientId)),
+      );
     entry.li.querySelector(".msg-body").append(line);
   }
 

@@ -49,7 +49,8 @@ export class Sidebar {
     this.toggle.setAttribute("aria-expanded", "true");
     this.backdrop.hidden = false;
     this.setBehind(true);
-    const target = this.nav.querySelector("[aria-current=page]") || this.nav.querySelector("a, button");
+    const target =
+      this.nav.querySelector("[aria-current=page]") || this.nav.querySelector("a, button");
     target?.focus();
   }
 
@@ -69,10 +70,13 @@ export class Sidebar {
 
   // Counts change with every message: a keyboard user's place in the list survives it.
   render() {
-    const focused = this.nav.contains(document.activeElement) ? document.activeElement.dataset.room : undefined;
+    const focused = this.nav.contains(document.activeElement)
+      ? document.activeElement.dataset.room
+      : undefined;
     this.roomList.replaceChildren(...this.store.sorted("rooms").map((room) => this.item(room)));
     this.dmList.replaceChildren(...this.store.sorted("direct").map((room) => this.item(room)));
-    if (focused !== undefined) this.nav.querySelector(`a[data-room="${CSS.escape(focused)}"]`)?.focus();
+    if (focused !== undefined)
+      this.nav.querySelector(`a[data-room="${CSS.escape(focused)}"]`)?.focus();
   }
 
   item(room) {
@@ -85,11 +89,16 @@ export class Sidebar {
     link.classList.toggle("sidebar-unread", unread > 0);
     link.classList.toggle("sidebar-mentioned", mentions > 0);
     if (room.id === this.current) link.setAttribute("aria-current", "page");
-    const sigil = el("span", "sidebar-sigil", room.kind === "direct" ? "@" : room.kind === "private" ? "🔒" : "#");
+    const sigil = el(
+      "span",
+      "sidebar-sigil",
+      room.kind === "direct" ? "@" : room.kind === "private" ? "🔒" : "#",
+    );
     sigil.setAttribute("aria-hidden", "true");
     const name = el("span", "sidebar-name", room.name);
     link.append(sigil, name);
-    let described = room.kind === "private" ? "private room " : room.kind === "direct" ? "" : "room ";
+    let described =
+      room.kind === "private" ? "private room " : room.kind === "direct" ? "" : "room ";
     described += room.name;
     if (unread > 0) {
       const badge = el("span", "sidebar-badge", badgeText(unread));
@@ -100,7 +109,8 @@ export class Sidebar {
     if (mentions > 0) described += `, ${badgeText(mentions)} mentions`;
     link.setAttribute("aria-label", described);
     link.addEventListener("click", (event) => {
-      if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+      if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey)
+        return;
       event.preventDefault();
       const fromDrawer = this.isOpen;
       this.open(room.id);

@@ -43,7 +43,8 @@ export class Connection {
       else this.showOffline();
     });
     window.addEventListener("online", () => {
-      if (this.ready) this.ping(); // the network changed under a live socket: still alive?
+      if (this.ready)
+        this.ping(); // the network changed under a live socket: still alive?
       else if (!this.socket) {
         this.attempt = 0;
         this.connect();
@@ -64,7 +65,12 @@ export class Connection {
   request(frame) {
     return new Promise((resolve, reject) => {
       if (!this.ready) {
-        reject(new RequestError({ code: "unavailable", message: "Not connected. Try again in a moment." }));
+        reject(
+          new RequestError({
+            code: "unavailable",
+            message: "Not connected. Try again in a moment.",
+          }),
+        );
         return;
       }
       const ref = `r${this.nextRef++}`;
@@ -91,7 +97,9 @@ export class Connection {
   failRequests() {
     for (const [ref, waiting] of this.refs) {
       clearTimeout(waiting.timer);
-      waiting.reject(new RequestError({ code: "unavailable", message: "The connection was lost." }));
+      waiting.reject(
+        new RequestError({ code: "unavailable", message: "The connection was lost." }),
+      );
       this.refs.delete(ref);
     }
   }
