@@ -21,8 +21,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
@@ -92,6 +92,7 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SEND_WINDOW_SECONDS = 60
 # `join` and `history` answer with up to ~100 messages each: limited per user
 # (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers) and per socket,
@@ -201,35 +202,26 @@ class ChatConnection:
     async def _watch_rooms(self) -> list[dict[str, Any]] | None:
         """Subscribe what the user's sockets need, then read their rooms as of then."""
         hub, user = self.hub, self.user
-        fanout = hub.fanout
         await hub.bus.ensure([keys.user_channel(user.id)])
         # A logout announced between the handshake and `add` was missed.
         if not await session_exists(hub.pipelined, self.session_id):
             self.outbox.close(CLOSE_LOGGED_OUT)
             return None
-        load = fanout.begin_load(user.id)
-        try:
-            first = await hub.rooms.rooms_of(user)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room.id for room in first])
+        await self._tracked(hub.rooms.rooms_of(user), lambda rooms: [room.id for room in rooms])
         # Read again once the rooms' channels are confirmed: a message posted in
         # between is then in the counts or bumps the client (or both: the client
         # ignores a bump at or below the room's `last_id`), never in neither.
-        await hub.bus.ensure(fanout.channels_of(user.id))
+        await hub.bus.ensure(hub.fanout.channels_of(user.id))
         rooms = await hub.rooms.rooms_of(user)
         states = await hub.rooms.read_states(user.id, [room.id for room in rooms])
         return [self._viewed(room, states.get(room.id)) for room in rooms]
 
-    def _viewed(
-        self, room: Room, state: ReadState | None, viewer: User | None = None
-    ) -> dict[str, Any]:
-        """The room object with the viewer's own fields (`unread`, `read_id`, ...)."""
-        viewer = viewer or self.user
+    def _viewed(self, room: Room, state: ReadState | None) -> dict[str, Any]:
+        """The room object as this user sees it, with their own fields (`unread`,
+        `read_id`, ...); without a read state, everything counts as read."""
         if state is None:
             state = ReadState(room.last_id, room.seq)
-        return {**room.public(viewer), **self.hub.rooms.viewer_fields(room, state)}
+        return {**room.public(self.user), **self.hub.rooms.viewer_fields(room, state)}
 
     # -- frames -------------------------------------------------------------------
 
@@ -339,17 +331,11 @@ class ChatConnection:
     async def _authorise(self, room: str, ref: str | None, client_id: str | None = None) -> None:
         """Redis says the user is a member of `room` (which exists), or `not_allowed`.
 
-        Also records the membership locally: channel events may still be on their
-        way. Removal events seen while Redis is asked win over its answer.
+        Also records the membership here (`_tracked`).
         """
-        fanout, user_id = self.hub.fanout, self.user.id
-        load = fanout.begin_load(user_id)
-        try:
-            member = await self.hub.rooms.is_member(room, user_id)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room] if member else [])
+        member = await self._tracked(
+            self.hub.rooms.is_member(room, self.user.id), lambda member: [room] if member else []
+        )
         if not member:
             raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, client_id, ref)
 
@@ -510,17 +496,23 @@ class ChatConnection:
 
     # -- rooms --------------------------------------------------------------------
 
-    async def _becoming_member(self, change: Awaitable[Room]) -> Room:
-        """Run a model call that makes this user a member; watch the room here at once."""
-        fanout, user_id = self.hub.fanout, self.user.id
-        load = fanout.begin_load(user_id)
+    async def _tracked(self, call: Awaitable[T], rooms: Callable[[T], Iterable[str]]) -> T:
+        """Run a Redis call whose answer tells rooms this user is a member of (`rooms`),
+        and watch them here at once: channel events may still be on their way. Removals
+        that arrive while Redis is asked win over its answer (`Fanout.begin_load`)."""
+        fanout = self.hub.fanout
+        load = fanout.begin_load(self.user.id)
         try:
-            room: Room = await change
+            result = await call
         except BaseException:
             fanout.abandon_load(load)
             raise
-        fanout.finish_load(load, [room.id])
-        return room
+        fanout.finish_load(load, rooms(result))
+        return result
+
+    async def _becoming_member(self, change: Awaitable[Room]) -> Room:
+        """Run a model call that makes this user a member of the room it returns."""
+        return await self._tracked(change, lambda room: [room.id])
 
     def _added(self, room: Room, user: User | None, user_id: str) -> tuple[str, str]:
         """The user-channel payload that adds `room` to a new member's sockets."""
@@ -556,14 +548,9 @@ class ChatConnection:
         await self._reply_room(room, frame.ref)
 
     async def _dm_open(self, frame: DmOpen) -> None:
-        fanout, user = self.hub.fanout, self.user
-        load = fanout.begin_load(user.id)
-        try:
-            room, created = await self.hub.rooms.open_direct(user, frame.users)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room.id])
+        room, created = await self._tracked(
+            self.hub.rooms.open_direct(self.user, frame.users), lambda opened: [opened[0].id]
+        )
         if created:
             await self._publish(*(self._added(room, m, m.id) for m in room.members))
         await self._reply_room(room, frame.ref)

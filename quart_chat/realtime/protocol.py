@@ -592,10 +592,6 @@ def history_frame(
     return _with_ref(frame, ref)
 
 
-def message_frame(message: dict[str, Any]) -> str:
-    return encode({"type": "message", **message})
-
-
 # -- pub/sub payloads ------------------------------------------------------------
 
 # Room channel events.
