@@ -15,7 +15,7 @@ from quart_chat.models.users import get_or_create_user
 
 from ..servers import ChatServer, RedisServer
 from .conftest import ARTIFACTS, Browsers, unique
-from .test_chat_page import delivered
+from .test_chat_page import assert_no_duplicates, delivered
 
 NO_ACCESS = "This room doesn't exist or you don't have access."
 ROOM_URL = re.compile(r"/r/[A-Za-z0-9_-]+$")
@@ -494,4 +494,46 @@ def test_keyboard_alone_creates_a_room_and_a_link_to_a_public_room_offers_to_joi
     expect(title(walt.page)).to_have_text(f"#{name}")
     expect(sidebar_link(walt.page, name)).to_be_visible()
     expect(walt.page.get_by_label(f"Message #{name}", exact=True)).to_be_visible()
+    assert browsers.errors == []
+
+
+def test_a_room_viewed_before_a_reconnect_catches_up_when_opened_again(
+    chat_server: ChatServer, browsers: Browsers
+) -> None:
+    xena = browsers.person(chat_server, "xena.resume@example.test")
+    yuri = browsers.person(chat_server, "yuri.resume@example.test")
+    name = room_name("resume")
+    path = create_room(xena.page, name, invite=(yuri.name,))
+    yuri.page.goto(chat_server.base_url + path)
+    before = unique("before the outage")
+    say_in(yuri.page, f"#{name}", before)
+    delivered(xena.page, before)
+    sidebar_link(xena.page, "general").click()
+
+    # Offline: what she types waits, in its own room, while she looks elsewhere.
+    xena.page.context.set_offline(True)
+    expect(xena.page.locator("#connection")).to_have_attribute("data-state", "offline")
+    typed = unique("typed while offline")
+    say_in(xena.page, "#general", typed)
+    waiting = xena.page.locator("#messages > li").filter(has_text=typed)
+    expect(waiting).to_contain_text("Waiting for connection")
+    sidebar_link(xena.page, name).click()
+    expect(xena.page.locator("#messages > li").filter(has_text=typed)).to_have_count(0)
+    sidebar_link(xena.page, "general").click()
+    expect(waiting).to_contain_text("Waiting for connection")
+    missed = [unique("missed") for _ in range(3)]
+    for text in missed:
+        say_in(yuri.page, f"#{name}", text)
+        delivered(yuri.page, text)
+
+    xena.page.context.set_offline(False)
+    expect(xena.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    delivered(xena.page, typed)
+    # What the room missed is counted while it is not open, then fills in once it is.
+    expect(badge(xena.page, name)).to_have_text("3")
+    sidebar_link(xena.page, name).click()
+    for text in [before, *missed]:
+        delivered(xena.page, text)
+    expect(badge(xena.page, name)).to_have_count(0)
+    assert_no_duplicates(xena.page)
     assert browsers.errors == []
