@@ -95,9 +95,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SEND_WINDOW_SECONDS = 60
 # `join` and `history` answer with up to ~100 messages each: limited per user
-# (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers) and per socket,
-# so one runaway tab cannot use up its user's other tabs' share. The socket's
-# count is in memory: a flood from one socket costs no Redis call.
+# (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers). `history` and
+# the lists are also limited per socket, so one runaway tab cannot use up its
+# user's other tabs' share; the socket's count is in memory, so a flood from
+# one socket costs no Redis call. `join` is not counted per socket: it is
+# refused a second time for the same room anyway, so a socket's joins are
+# bounded by its rooms, and a page that reconnects rejoins every room it had
+# open at once (the page opens rooms one by one; 20 a minute is not many).
 BACKLOG_WINDOW_SECONDS = 60
 BACKLOG_REQUESTS_PER_SOCKET = 20
 # At most one pong per this interval on a socket; pings in between are dropped
@@ -117,14 +121,19 @@ WRITES = (
     UserDeactivate,
     UserReactivate,
 )
-# Frames answered with a list of up to 50 rooms or people count like `history`.
+# Frames answered with a list of rooms or people: cheap reads, but answered
+# with up to 50-200 entries, so limited per socket (in memory, no Redis call);
+# the page searches people as one types.
 LISTS = (Members, People, RoomsBrowse)
+LIST_REQUESTS_PER_SOCKET = 60
 
 
 class ChatConnection:
     __slots__ = (
         "_backlog_count",
         "_backlog_window_end",
+        "_lists_count",
+        "_lists_window_end",
         "_ponged",
         "_receive",
         "admin",
@@ -149,6 +158,8 @@ class ChatConnection:
         self.outbox = Outbox(user, session_id, send)
         self._backlog_count = 0
         self._backlog_window_end = 0.0
+        self._lists_count = 0
+        self._lists_window_end = 0.0
 
     @property
     def user(self) -> User:
@@ -276,7 +287,7 @@ class ChatConnection:
         if isinstance(frame, WRITES):
             await self._limit_writes(frame.ref)
         elif isinstance(frame, LISTS):
-            await self._limit_backlog(frame.ref)
+            self._limit_lists(frame.ref)
         match frame:
             case Send():
                 await self._post(frame)
@@ -386,15 +397,33 @@ class ChatConnection:
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
         self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
 
-    async def _limit_backlog(self, ref: str | None) -> None:
-        """Count a backlog-producing request against the socket's and the user's limits."""
+    def _limit_lists(self, ref: str | None) -> None:
+        """Count a `members`, `people` or `rooms_browse` against the socket's own limit."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._lists_window_end:
+            self._lists_window_end = now + BACKLOG_WINDOW_SECONDS
+            self._lists_count = 0
+        self._lists_count += 1
+        if self._lists_count > LIST_REQUESTS_PER_SOCKET:
+            retry_after = max(1, math.ceil(self._lists_window_end - now))
+            raise FrameError(
+                RATE_LIMITED,
+                f"too many lookups; try again in {retry_after} s",
+                ref=ref,
+                retry_after=retry_after,
+            )
+
+    async def _limit_backlog(self, ref: str | None, *, per_socket: bool = True) -> None:
+        """Count a backlog-producing request against the user's limit (and the socket's,
+        unless it is a `join`)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= self._backlog_window_end:
             self._backlog_window_end = now + BACKLOG_WINDOW_SECONDS
             self._backlog_count = 0
-        self._backlog_count += 1
-        if self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
+        if per_socket:
+            self._backlog_count += 1
+        if per_socket and self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
             retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
         else:
             # Through the pipeline: after a restart every socket joins at once.
@@ -426,7 +455,7 @@ class ChatConnection:
             raise FrameError(
                 BAD_REQUEST, "already joined; use history for older messages", ref=frame.ref
             )
-        await self._limit_backlog(frame.ref)
+        await self._limit_backlog(frame.ref, per_socket=False)
         if not await self.hub.bus.ensure([keys.room_channel(room)]) or not fanout.begin_join(
             outbox, room
         ):
