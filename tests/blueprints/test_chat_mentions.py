@@ -4,21 +4,32 @@ user the same on every device."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 from redis.asyncio import Redis
 
+from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.models.users import set_name
+from quart_chat.realtime import connection
 
 from ..chatting import log_in, receive, start
-from .test_chat_rooms import (  # noqa: F401 (fixtures)
-    app,
-    ask,
-    create_room,
-    every_ping_answered,
-    frames_until,
-    join_room,
-    post,
-)
+from ..conftest import make_settings
+from .test_chat_rooms import ask, create_room, frames_until, join_room, post
+
+
+@pytest.fixture
+async def app(redis_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[ChatApp]:
+    app = create_app(make_settings(redis_url, tmp_path))
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture(autouse=True)
+def every_ping_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "PONG_INTERVAL_SECONDS", 0.0)
 
 
 async def test_a_mention_reaches_the_frame_the_bump_and_the_counts_on_every_device(
