@@ -59,6 +59,8 @@ def test_a_mention_picked_by_completion_counts_for_the_mentioned_on_every_device
     option = listbox.get_by_role("option", name=bob_name)
     expect(option).to_have_attribute("aria-selected", "true")
     expect(box).to_have_attribute("aria-expanded", "true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    ann.page.screenshot(path=ARTIFACTS / "mentions-completion.png")
     box.press("Enter")  # picks, does not send
     expect(listbox).to_be_hidden()
     expect(box).to_have_value(f"look @{bob_name} ")
@@ -78,7 +80,6 @@ def test_a_mention_picked_by_completion_counts_for_the_mentioned_on_every_device
         )
     # Ann's own mention of him counts nothing for her.
     expect(mention_badge(ann.page, plans)).to_have_count(0)
-    ARTIFACTS.mkdir(exist_ok=True)
     bob.page.screenshot(path=ARTIFACTS / "mentions-sidebar.png")
 
     sidebar_link(bob.page, plans).click()
@@ -87,6 +88,7 @@ def test_a_mention_picked_by_completion_counts_for_the_mentioned_on_every_device
     item = message(bob.page, sent)
     expect(item).to_have_class(re.compile(r"\bmsg-mentions-me\b"))
     expect(item.locator("mark.mention-me")).to_have_text(f"@{bob_name}")
+    bob.page.screenshot(path=ARTIFACTS / "mentions-message.png")
     expect(mention_badge(bob.page, plans)).to_have_count(0)
     # Read on one device is read on the other, live and after a reload.
     expect(mention_badge(phone.page, plans)).to_have_count(0)
