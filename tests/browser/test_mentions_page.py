@@ -96,4 +96,31 @@ def test_a_mention_picked_by_completion_counts_for_the_mentioned_on_every_device
     phone.page.reload()
     expect(sidebar_link(phone.page, plans)).to_be_visible()
     expect(mention_badge(phone.page, plans)).to_have_count(0)
+
+    # @here by keyboard, while Bob looks at general again: Down moves through the
+    # list, Tab picks.
+    sidebar_link(bob.page, "general").click()
+    expect(title(bob.page)).to_have_text("#general")
+    box.press_sequentially("@e")
+    expect(listbox.get_by_role("option")).to_have_count(1)
+    box.press("Backspace")
+    expect(listbox.get_by_role("option", name=re.compile("^here"))).to_be_visible()
+    box.press("ArrowDown")
+    expect(listbox.get_by_role("option", name=re.compile("^here"))).to_have_attribute(
+        "aria-selected", "true"
+    )
+    box.press("Tab")
+    expect(box).to_have_value("@here ")
+    expect(box).to_be_focused()
+    box.press_sequentially("lunch?")
+    box.press("Enter")
+    delivered(ann.page, "@here lunch?")
+    for page in (bob.page, phone.page):
+        expect(mention_badge(page, plans)).to_have_text("@1")
+    sidebar_link(bob.page, plans).click()
+    item = message(bob.page, "@here lunch?")
+    expect(item).to_have_class(re.compile(r"\bmsg-mentions-me\b"))
+    expect(item.locator("mark.mention-me")).to_have_text("@here")
+    for page in (bob.page, phone.page):
+        expect(mention_badge(page, plans)).to_have_count(0)
     assert browsers.errors == []
