@@ -121,6 +121,11 @@ def room_members(room: str) -> str:
     return f"{{room:{room}}}:members"
 
 
+def room_mentions(room: str) -> str:
+    """How many messages mentioned each member (field: user id; `*`: @everyone)."""
+    return f"{{room:{room}}}:mentions"
+
+
 def sent_message(room: str, user_id: str, client_id: str) -> str:
     """The id of the message a user's send with `client_id` stored, for retries."""
     return f"{{room:{room}}}:sent:{user_id}:{_digest(client_id, 32)}"
@@ -239,7 +244,7 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(SOCKET_WORKERS),
         re.escape(PRESENCE_WORKER_PREFIX) + _ID,
         re.escape(SOCKET_WORKER_PREFIX) + _ID,
-        rf"\{{room:{_ID}\}}:(history|meta|members)",
+        rf"\{{room:{_ID}\}}:(history|meta|members|mentions)",
         rf"\{{room:{_ID}\}}:sent:{_ID}:[0-9a-f]{{32}}",
         rf"\{{user:{_ID}\}}:(profile|rooms|read|sessions)",
         rf"\{{user:{_ID}\}}:ratelimit:[a-z-]+",

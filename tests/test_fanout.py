@@ -13,11 +13,13 @@ import logging
 import pytest
 
 from quart_chat.keys import room_channel, user_channel
+from quart_chat.models.messages import Message
 from quart_chat.models.users import User
 from quart_chat.realtime.fanout import Fanout
 from quart_chat.realtime.outbox import CLOSE_LOGGED_OUT, CLOSE_TRY_AGAIN_LATER, Outbox
 from quart_chat.realtime.protocol import (
     event_payload,
+    message_frame,
     message_payload,
     room_frame,
     room_removed_frame,
@@ -143,6 +145,27 @@ async def test_joined_sockets_get_the_message_and_watching_ones_one_shared_unrea
     assert bumps == [unread_frame("general", "5-0", "bob")] * 2
     assert bumps[0] is bumps[1]  # built once per message
     assert json.loads(bumps[0]) == {"type": "unread", "room": "general", "id": "5-0", "user": "bob"}
+
+
+@pytest.mark.parametrize("everyone", [False, True])
+async def test_the_shared_unread_bump_carries_the_messages_mentions(
+    fanout: Fanout, everyone: bool
+) -> None:
+    watching, other = socket(fanout, ANN), socket(fanout, DAN)
+    watch(fanout, ANN, "general")
+    watch(fanout, DAN, "general")
+    # Text that looks like the field must not confuse the bump (it is escaped).
+    stored = Message(
+        "general", "7-0", "bob", "Bob", 'say "mentions":["dan"] @Ann', "c1", ("ann",), everyone
+    )
+    fanout.room_payload("general", message_payload("7-0", "bob", message_frame(stored)))
+    bumps = sent(watching) + sent(other)
+    assert bumps[0] is bumps[1]
+    expected = {"type": "unread", "room": "general", "id": "7-0", "user": "bob"}
+    expected["mentions"] = ["ann"]
+    if everyone:
+        expected["everyone"] = True
+    assert [json.loads(bump) for bump in bumps] == [expected] * 2
 
 
 async def test_a_message_in_a_room_without_local_members_reaches_nobody(fanout: Fanout) -> None:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from .. import keys
 from ..realtime.protocol import encode, message_frame, stream_id_key
 from ..storage import Commands, as_text, script
+from .mentions import NOBODY, resolve_mentions
 from .rooms import GENERAL, advance_read
 from .users import User
 
@@ -33,15 +34,20 @@ JOIN_LAST = 50
 JOIN_BACKLOG_MAX = 1000
 
 # KEYS: stream, idempotency key, channel (a channel, not a key, but named here
-#       so that it shares the room's slot), the room's meta, its members.
+#       so that it shares the room's slot), the room's meta, its members, its
+#       mention counters.
 # ARGV: max length, user id, user name, text, client id, room as JSON,
 #       the message JSON after its opening brace, idempotency TTL,
-#       "1" to check membership (every room but general).
+#       "1" to check membership (every room but general), the mentioned ids
+#       (space-separated), "1" for @everyone, the frame's mention fields.
 # The live frame is built here because only XADD knows the id. The channel
 # payload is "M <id> <author id> <frame>" (see realtime/protocol.py), so that
 # listeners can order and attribute frames without parsing JSON.
+# A mention counts once per message: in the mentioned member's field of the
+# counters, or for @everyone in the `*` field (the same for every member).
 # Returns {-1} when the user may not post there (not a member, no such room,
-# archived), {0, original id} for a retry, {1, id, frame, seq} for a new message.
+# archived), {0, original id} for a retry, {1, id, frame, seq, the poster's
+# mention count} for a new message.
 _POST = """
 if ARGV[9] == '1' and (redis.call('HGET', KEYS[4], 'archived') ~= '0'
     or redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0) then
@@ -50,15 +56,29 @@ end
 local existing = redis.call('GET', KEYS[2])
 if existing then return {0, existing} end
 local seq = redis.call('HINCRBY', KEYS[4], 'seq', 1)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-  'user', ARGV[2], 'name', ARGV[3], 'text', ARGV[4], 'client_id', ARGV[5], 'seq', seq)
+local entry = {'user', ARGV[2], 'name', ARGV[3], 'text', ARGV[4], 'client_id', ARGV[5],
+  'seq', seq}
+if ARGV[10] ~= '' then table.insert(entry, 'mentions'); table.insert(entry, ARGV[10]) end
+if ARGV[11] == '1' then
+  table.insert(entry, 'everyone'); table.insert(entry, '1')
+  redis.call('HINCRBY', KEYS[6], '*', 1)
+else
+  for mentioned in string.gmatch(ARGV[10], '%S+') do
+    redis.call('HINCRBY', KEYS[6], mentioned, 1)
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
 redis.call('HSET', KEYS[4], 'last_id', id)
 redis.call('SET', KEYS[2], id, 'EX', ARGV[8])
 local ts = string.match(id, '^%d+')
 local frame = '{"type":"message","room":' .. ARGV[6] .. ',"id":"' .. id .. '","ts":' .. ts
-  .. ',' .. ARGV[7]
+  .. ',' .. ARGV[12] .. ARGV[7]
 redis.call('PUBLISH', KEYS[3], 'M ' .. id .. ' ' .. ARGV[2] .. ' ' .. frame)
-return {1, id, frame, seq}
+local mentioned = 0
+for _, n in ipairs(redis.call('HMGET', KEYS[6], ARGV[2], '*')) do
+  if n then mentioned = mentioned + tonumber(n) end
+end
+return {1, id, frame, seq, mentioned}
 """
 
 
@@ -87,6 +107,8 @@ class Message:
     user_name: str
     text: str
     client_id: str
+    mentions: tuple[str, ...] = ()
+    everyone: bool = False
 
     @property
     def ts(self) -> int:
@@ -119,6 +141,7 @@ class RoomHistory:
         messages never count as unread.
         """
         tail = encode({"user": user.public(), "text": text, "client_id": client_id})[1:]
+        mentions = await resolve_mentions(self.reads, room, text) if "@" in text else NOBODY
         result = await self._post(
             keys=[
                 keys.room_history(room),
@@ -126,6 +149,7 @@ class RoomHistory:
                 keys.room_channel(room),
                 keys.room_meta(room),
                 keys.room_members(room),
+                keys.room_mentions(room),
             ],
             args=[
                 self.max_per_room,
@@ -137,6 +161,9 @@ class RoomHistory:
                 tail,
                 IDEMPOTENCY_SECONDS,
                 "0" if room == GENERAL else "1",
+                " ".join(mentions.ids),
+                "1" if mentions.everyone else "0",
+                mentions.json_fields(),
             ],
         )
         if int(result[0]) == -1:
@@ -144,12 +171,21 @@ class RoomHistory:
         message_id = as_text(result[1])
         if int(result[0]) == 1:
             seq = int(result[3])
-            await advance_read(self.redis, user.id, room, message_id, seq)
+            await advance_read(self.redis, user.id, room, message_id, seq, int(result[4]))
             return Posted(message_id, as_text(result[2]), created=True, seq=seq)
         original = await self.get(room, message_id)
         if original is None:
             # Trimmed from the stream since: echo the retry itself under the original id.
-            original = Message(room, message_id, user.id, user.name, text, client_id)
+            original = Message(
+                room,
+                message_id,
+                user.id,
+                user.name,
+                text,
+                client_id,
+                mentions.ids,
+                mentions.everyone,
+            )
         return Posted(message_id, message_frame(original), created=False)
 
     async def get(self, room: str, message_id: str) -> Message | None:
@@ -191,4 +227,6 @@ def _from_entry(room: str, entry: Entry) -> Message:
         as_text(fields[b"name"]),
         as_text(fields[b"text"]),
         as_text(fields[b"client_id"]),
+        tuple(as_text(fields[b"mentions"]).split()) if b"mentions" in fields else (),
+        fields.get(b"everyone") == b"1",
     )

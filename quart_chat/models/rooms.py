@@ -6,9 +6,12 @@ membership writes both sides in one script, so that a room never lists a
 member who does not list it. `general` is the exception: everyone is a member
 and nothing is stored per member but the read marker.
 
-A read marker is "<stream id> <seq>": the message read up to, and the room's
-message count at it. A room's unread count is its `seq` minus the marker's,
-so it costs no stream read. Markers only move forward.
+A read marker is "<stream id> <seq> <mentions>": the message read up to, the
+room's message count at it, and how many messages had mentioned the user by
+then (`{room:<id>}:mentions`, see messages.py; a two-part marker from before
+mentions reads as 0). A room's unread count is its `seq` minus the marker's,
+and its mention count the counter now minus the marker's, so neither costs a
+stream read. Markers only move forward.
 
 Nothing here publishes: the realtime layer turns these results into frames.
 A `RoomError` carries the protocol's error code and a message for the user;
@@ -35,6 +38,8 @@ from ..storage import Commands, as_text, script
 from .users import User, count_active_users, get_users, search_people
 
 GENERAL = keys.GENERAL_ROOM
+# The field of `{room:<id>}:mentions` counting @everyone/@here messages.
+EVERYONE_FIELD = "*"
 PUBLIC, PRIVATE, DIRECT = "public", "private", "direct"
 MAX_ROOM_NAME = 80
 MAX_TOPIC = 250
@@ -113,20 +118,24 @@ class Room:
 class ReadState:
     read_id: str | None
     read_seq: int
+    # Messages mentioning the user up to the marker, and in the room by now.
+    read_mentions: int = 0
+    mentioned: int = 0
 
 
 NOTHING_READ = ReadState(None, 0)
 
 
-def _marker(message_id: str | None, seq: int | str) -> str | None:
-    return None if message_id is None else f"{message_id} {seq}"
-
-
-def _read_state(marker: bytes | str | None) -> ReadState:
+def _read_state(marker: bytes | str | None, mentioned: int = 0) -> ReadState:
     if marker is None:
-        return NOTHING_READ
-    message_id, _, seq = as_text(marker).partition(" ")
-    return ReadState(message_id, int(seq or 0))
+        return ReadState(None, 0, 0, mentioned)
+    message_id, seq, at_read, *_ = (*as_text(marker).split(" "), "0", "0")
+    return ReadState(message_id, int(seq or 0), int(at_read or 0), mentioned)
+
+
+def _mention_total(reply: Sequence[Any]) -> int:
+    """The HMGET of a user's field and `*` in a room's mentions hash, summed."""
+    return sum(int(value) for value in reply if value is not None)
 
 
 # -- scripts -------------------------------------------------------------------
@@ -162,11 +171,11 @@ end
 return 1
 """
 
-# KEYS: meta, members, the user's rooms, the user's read markers.
-# ARGV: room id, user id, inviter id ('' for a join).
+# KEYS: meta, members, the user's rooms, the user's read markers, the room's
+# mentions. ARGV: room id, user id, inviter id ('' for a join).
 # 1: added; 2: already a member; 0: no such room (or not visible, or archived,
 # or not public for a join); -1: a direct room. A new member starts having
-# read everything so far.
+# read everything so far, mentions too (someone who left and comes back).
 _ADD_MEMBER = """
 local meta = redis.call('HMGET', KEYS[1], 'kind', 'archived', 'last_id', 'seq')
 if not meta[1] or meta[2] == '1' then return 0 end
@@ -181,7 +190,11 @@ end
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 if meta[3] then
-  redis.call('HSET', KEYS[4], ARGV[1], meta[3] .. ' ' .. (meta[4] or '0'))
+  local mentioned = 0
+  for _, n in ipairs(redis.call('HMGET', KEYS[5], ARGV[2], '*')) do
+    if n then mentioned = mentioned + tonumber(n) end
+  end
+  redis.call('HSET', KEYS[4], ARGV[1], meta[3] .. ' ' .. (meta[4] or '0') .. ' ' .. mentioned)
 else
   redis.call('HDEL', KEYS[4], ARGV[1])
 end
@@ -273,17 +286,53 @@ end
 return {1, ARGV[2]}
 """
 
-# KEYS: the user's read markers. ARGV: room id, message id, its seq.
-# Moves the marker forward only: 1 if it moved.
+# KEYS: the user's read markers. ARGV: room id, message id, its seq, the
+# user's mention count at it. Moves the marker forward only: 1 if it moved.
 _MARK_READ = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
-  local seq = tonumber(string.match(current, ' (%d+)$'))
+  local seq = tonumber(string.match(current, '^%S+ (%d+)'))
   if seq and seq >= tonumber(ARGV[3]) then return 0 end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 return 1
 """
+
+# KEYS: the room's history, its mentions. ARGV: message id, user id, the most
+# newer messages to look through. Where a read up to `message id` puts the
+# marker: {id, seq, mentions at it, mentions now}, or {} for no such message
+# (or one from before rooms). One step in the room's slot, so that a mention
+# posted meanwhile is either after the marker or in neither count, never lost.
+_READ_POINT = """
+local found = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', 1)[1]
+if not found then return {} end
+local seq
+for i = 1, #found[2], 2 do
+  if found[2][i] == 'seq' then seq = found[2][i + 1] end
+end
+if not seq then return {} end
+local now = 0
+for _, n in ipairs(redis.call('HMGET', KEYS[2], ARGV[2], '*')) do
+  if n then now = now + tonumber(n) end
+end
+local after = 0
+local newer = redis.call('XRANGE', KEYS[1], '(' .. found[1], '+', 'COUNT', ARGV[3])
+for _, entry in ipairs(newer) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if (fields[i] == 'mentions' and string.find(' ' .. fields[i + 1] .. ' ',
+          ' ' .. ARGV[2] .. ' ', 1, true))
+       or (fields[i] == 'everyone' and fields[i + 1] == '1') then
+      after = after + 1
+      break
+    end
+  end
+end
+return {found[1], seq, math.max(0, now - after), now}
+"""
+# How many messages after the one read `mark_read` looks through for mentions
+# (a read far behind the newest is rare; past this its mentions count as read).
+READ_SCAN_LIMIT = 1000
 
 
 async def ensure_general(redis: Redis) -> None:
@@ -297,11 +346,12 @@ async def ensure_general(redis: Redis) -> None:
 
 
 async def advance_read(
-    redis: Commands, user_id: str, room_id: str, message_id: str, seq: int
+    redis: Commands, user_id: str, room_id: str, message_id: str, seq: int, mentions: int = 0
 ) -> bool:
-    """Move the user's marker in the room to this message if that is forward."""
+    """Move the user's marker in the room to this message (where `mentions`
+    messages had mentioned them) if that is forward."""
     moved = await script(redis, _MARK_READ)(
-        keys=[keys.user_read(user_id)], args=[room_id, message_id, seq]
+        keys=[keys.user_read(user_id)], args=[room_id, message_id, seq, mentions]
     )
     return bool(moved)
 
@@ -490,16 +540,31 @@ class RoomStore:
     async def read_states(self, user_id: str, room_ids: Sequence[str]) -> dict[str, ReadState]:
         if not room_ids:
             return {}
-        markers = await self.reads.execute_command("HMGET", keys.user_read(user_id), *room_ids)
+        markers, *mentioned = await asyncio.gather(
+            self.reads.execute_command("HMGET", keys.user_read(user_id), *room_ids),
+            *(
+                self.reads.execute_command(
+                    "HMGET", keys.room_mentions(room_id), user_id, EVERYONE_FIELD
+                )
+                for room_id in room_ids
+            ),
+        )
         return {
-            room_id: _read_state(marker) for room_id, marker in zip(room_ids, markers, strict=True)
+            room_id: _read_state(marker, _mention_total(total))
+            for room_id, marker, total in zip(room_ids, markers, mentioned, strict=True)
         }
 
     def viewer_fields(self, room: Room, state: ReadState) -> dict[str, Any]:
-        """What only this viewer sees of the room: unread (capped at 99), mentions
-        (0 until issue 15), the newest message and their read marker."""
+        """What only this viewer sees of the room: unread and mentions (capped at
+        99), the newest message and their read marker."""
         unread = max(0, min(UNREAD_CAP, room.seq - state.read_seq))
-        return {"unread": unread, "mentions": 0, "last_id": room.last_id, "read_id": state.read_id}
+        mentions = max(0, min(UNREAD_CAP, state.mentioned - state.read_mentions))
+        return {
+            "unread": unread,
+            "mentions": mentions,
+            "last_id": room.last_id,
+            "read_id": state.read_id,
+        }
 
     # -- changing --------------------------------------------------------------
 
@@ -569,6 +634,7 @@ class RoomStore:
                 keys.room_members(room_id),
                 keys.user_rooms(user_id),
                 keys.user_read(user_id),
+                keys.room_mentions(room_id),
             ],
             args=[room_id, user_id, inviter],
         )
@@ -713,16 +779,14 @@ class RoomStore:
         is not forward (or there is no such message)."""
         if not ROOM_ID.fullmatch(room_id) or not _STREAM_ID.fullmatch(message_id):
             return None
-        entries = await self.reads.execute_command(
-            "XREVRANGE", keys.room_history(room_id), message_id, "-", "COUNT", 1
+        point = await script(self.redis, _READ_POINT)(
+            keys=[keys.room_history(room_id), keys.room_mentions(room_id)],
+            args=[message_id, user_id, READ_SCAN_LIMIT],
         )
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        seq = fields.get(b"seq")
-        if seq is None:
-            return None  # stored before rooms: every marker is past it already
-        read = ReadState(as_text(entry_id), int(seq))
-        if not await advance_read(self.redis, user_id, room_id, read.read_id or "", read.read_seq):
+        if not point:
+            return None  # no such message, or stored before rooms (every marker is past it)
+        entry_id, seq, at_read, now = as_text(point[0]), *(int(v) for v in point[1:])
+        read = ReadState(entry_id, seq, at_read, now)
+        if not await advance_read(self.redis, user_id, room_id, entry_id, seq, at_read):
             return None
         return read

@@ -37,6 +37,7 @@ from .protocol import (
     EVENT_TYPING,
     EventPayload,
     MessagePayload,
+    mention_fields,
     parse_payload,
     stream_id_key,
     unread_frame,
@@ -385,7 +386,9 @@ class Fanout:
                         caught_up.append(outbox)
                 else:
                     if unread is None:
-                        unread = unread_frame(room, message.id, message.author)
+                        unread = unread_frame(
+                            room, message.id, message.author, mention_fields(frame)
+                        )
                     outbox.deliver(unread)
         for outbox in caught_up:
             self._go_live(outbox, room)

@@ -593,21 +593,43 @@ def typing_frame(room_id: str, user_id: str, name: str) -> str:
     return encode({"type": "typing", "room": room_id, "user": {"id": user_id, "name": name}})
 
 
-def unread_frame(room_id: str, message_id: str, author_id: str) -> str:
-    """Built once per message per worker, for every socket watching the room."""
-    return f'{{"type":"unread","room":"{room_id}","id":"{message_id}","user":"{author_id}"}}'
+def unread_frame(room_id: str, message_id: str, author_id: str, mentions: str = "") -> str:
+    """Built once per message per worker, for every socket watching the room;
+    `mentions` is the message frame's mention fields (see `mention_fields`), so
+    each page counts its own user's mentions."""
+    tail = f",{mentions}" if mentions else ""
+    return f'{{"type":"unread","room":"{room_id}","id":"{message_id}","user":"{author_id}"{tail}}}'
+
+
+_MENTIONS_FIELD = '"mentions":['
+_EVERYONE_FIELD = ',"everyone":true'
+
+
+def mention_fields(frame: str) -> str:
+    """The `"mentions":[...]` (and `"everyone":true`) fields of a message frame as
+    they are, or "" without mentions. No JSON parse: in a JSON text every quote
+    inside a string is escaped, so the only `"mentions":[` is the field's."""
+    start = frame.find(_MENTIONS_FIELD)
+    if start < 0:
+        return ""
+    end = frame.find("]", start) + 1
+    if frame.startswith(_EVERYONE_FIELD, end):
+        end += len(_EVERYONE_FIELD)
+    return frame[start:end]
 
 
 def message_object(message: Message) -> dict[str, Any]:
-    """A stored message as frames carry it (the post script writes the same shape)."""
-    return {
-        "room": message.room,
-        "id": message.id,
-        "ts": message.ts,
-        "user": {"id": message.user_id, "name": message.user_name},
-        "text": message.text,
-        "client_id": message.client_id,
-    }
+    """A stored message as frames carry it (the post script writes the same shape,
+    with the mention fields, when there are any, before the author)."""
+    obj: dict[str, Any] = {"room": message.room, "id": message.id, "ts": message.ts}
+    if message.mentions or message.everyone:
+        obj["mentions"] = list(message.mentions)
+        if message.everyone:
+            obj["everyone"] = True
+    obj["user"] = {"id": message.user_id, "name": message.user_name}
+    obj["text"] = message.text
+    obj["client_id"] = message.client_id
+    return obj
 
 
 def message_frame(message: Message) -> str:

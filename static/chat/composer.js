@@ -2,6 +2,10 @@
 // own unsent text (RoomView.draft), restored when the room is opened again.
 
 import { length } from "./format.js";
+import { MentionCompleter } from "./mentions.js";
+
+// How long a room's member list serves completion before it is asked for again.
+const MEMBERS_FRESH_MS = 60_000;
 
 export class Composer {
   constructor(form, maxChars) {
@@ -29,12 +33,33 @@ export class Composer {
       if (this.view && this.textarea.value.trim()) this.view.typed();
       this.update();
     });
+    this.completer = new MentionCompleter(this.textarea, () => this.roomMembers());
     this.update();
+  }
+
+  // The open room's members, for completion: asked once a minute at most.
+  roomMembers() {
+    const view = this.view;
+    if (!view) return Promise.resolve([]);
+    const { store, conn } = view.app;
+    const cached = store.members.get(view.roomId);
+    if (cached && Date.now() - cached.at < MEMBERS_FRESH_MS) return cached.people;
+    const entry = { at: Date.now(), known: cached?.known || [], people: null };
+    entry.people = conn.request({ type: "members", room: view.roomId }).then(
+      (frame) => (entry.known = frame.users || []),
+      (error) => {
+        store.members.delete(view.roomId);
+        throw error;
+      },
+    );
+    store.members.set(view.roomId, entry);
+    return entry.people;
   }
 
   // Binds the composer to `view` (null: nothing to write to), named `label`.
   bind(view, label) {
     if (this.view) this.view.draft = this.textarea.value;
+    this.completer.close();
     this.view = view;
     this.form.hidden = view === null;
     this.textarea.value = view ? view.draft : "";

@@ -257,7 +257,10 @@ class App {
       case "history":
         return this.onHistory(frame);
       case "unread":
-        return this.store.noteMessage(frame.room, frame.id, frame.user, { counts: true });
+        return this.store.noteMessage(frame.room, frame.id, frame.user, {
+          counts: true,
+          mentioned: this.store.mentionsMe(frame),
+        });
       case "read":
         return this.store.markRead(frame.room, frame.id, frame.unread ?? 0, frame.mentions ?? 0);
       case "room":
@@ -279,7 +282,10 @@ class App {
   onMessage(message) {
     const view = this.views.get(message.room);
     const seen = view ? view.receiveLive(message) && !document.hidden : false;
-    this.store.noteMessage(message.room, message.id, message.user.id, { counts: !seen });
+    this.store.noteMessage(message.room, message.id, message.user.id, {
+      counts: !seen,
+      mentioned: this.store.mentionsMe(message),
+    });
     if (seen) this.seen(view);
   }
 

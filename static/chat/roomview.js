@@ -4,6 +4,7 @@
 // switching back costs nothing.
 
 import { avatar, button, compareIds, el, fullDate, newClientId, relativeTime } from "./format.js";
+import { renderMentions } from "./mentions.js";
 
 const PAGE_SIZE = 50;
 // A send the server has not echoed within this time is shown as failed, with a retry.
@@ -167,7 +168,8 @@ export class RoomView {
 
   // ---- messages --------------------------------------------------------------------
 
-  messageItem(user, text, ts) {
+  // `message`: the stored message, for who it mentions (none while pending).
+  messageItem(user, text, ts, message = null) {
     const li = el("li", "msg");
     li.dataset.user = String(user.id);
     li.dataset.ts = String(ts);
@@ -183,7 +185,14 @@ export class RoomView {
     time.dateTime = new Date(ts).toISOString();
     time.title = fullDate.format(ts);
     meta.append(time);
-    body.append(meta, el("p", "msg-text", text));
+    const paragraph = el("p", "msg-text");
+    const store = this.app.store;
+    renderMentions(paragraph, text, store.knownNames(this.roomId), store.me?.name);
+    if (message && store.mentionsMe(message)) {
+      li.classList.add("msg-mentions-me");
+      meta.append(el("span", "msg-mentioned", "mentions you"));
+    }
+    body.append(meta, paragraph);
     li.append(body);
     return li;
   }
@@ -201,7 +210,7 @@ export class RoomView {
   // Inserts a server message in stream order, before any still-pending messages.
   insert(message) {
     if (this.byId.has(message.id)) return null;
-    const li = this.messageItem(message.user, message.text, message.ts);
+    const li = this.messageItem(message.user, message.text, message.ts, message);
     li.dataset.id = message.id;
     this.byId.set(message.id, li);
     let before = null;

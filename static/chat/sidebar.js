@@ -106,7 +106,12 @@ export class Sidebar {
       link.append(badge);
       described += `, ${badgeText(unread)} unread`;
     }
-    if (mentions > 0) described += `, ${badgeText(mentions)} mentions`;
+    if (mentions > 0) {
+      const badge = el("span", "sidebar-mention-badge", `@${badgeText(mentions)}`);
+      badge.setAttribute("aria-hidden", "true");
+      link.append(badge);
+      described += `, ${badgeText(mentions)} mention${mentions === 1 ? "" : "s"}`;
+    }
     link.setAttribute("aria-label", described);
     link.addEventListener("click", (event) => {
       if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey)

@@ -12,6 +12,7 @@ export class Store {
     this.me = null; // {id, name, admin}
     this.rooms = new Map(); // room id -> room object with the viewer fields
     this.online = new Map(); // user id -> {id, name}
+    this.members = new Map(); // room id -> {at, people: promise of [{id, name}]}
     this.listeners = new Set();
   }
 
@@ -54,8 +55,24 @@ export class Store {
     return had;
   }
 
-  // A message this page saw (live or as an `unread` bump) in one of its rooms.
-  noteMessage(roomId, id, authorId, { counts }) {
+  // Whether a message (or its unread bump) mentions the reader: by id or @everyone.
+  mentionsMe(frame) {
+    if (this.me === null || this.isMe(frame.user?.id ?? frame.user)) return false;
+    return Boolean(frame.everyone) || (frame.mentions || []).some((id) => this.isMe(id));
+  }
+
+  // The names the page knows in a room, to find mentions in its messages.
+  knownNames(roomId, extra = []) {
+    const names = new Set(extra);
+    if (this.me) names.add(this.me.name);
+    for (const user of this.online.values()) names.add(user.name);
+    for (const user of this.members.get(roomId)?.known || []) names.add(user.name);
+    return [...names];
+  }
+
+  // A message this page saw (live or as an `unread` bump) in one of its rooms;
+  // `mentioned`: it mentions the reader.
+  noteMessage(roomId, id, authorId, { counts, mentioned = false }) {
     const room = this.rooms.get(roomId);
     if (!room) return;
     if (room.last_id && compareIds(id, room.last_id) <= 0) return;
@@ -66,6 +83,7 @@ export class Store {
       room.unread = 0;
     } else if (counts) {
       room.unread = Math.min(UNREAD_CAP, (room.unread || 0) + 1);
+      if (mentioned) room.mentions = Math.min(UNREAD_CAP, (room.mentions || 0) + 1);
     }
     this.changed("rooms");
   }
