@@ -226,3 +226,23 @@ async def test_join_after_brings_an_offline_page_to_the_final_state(
         assert frames[3]["target"] == new["id"]
         # The deleted message's edit is not replayed: its text is gone for good.
         assert all(f.get("text") != "secret" for f in frames)
+
+
+async def test_a_flood_of_changes_counts_against_the_message_limit(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, tmp_path).model_copy(update={"messages_per_minute": 3})
+    app = create_app(settings)
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        async with ann.socket() as ws:
+            await start(ws)
+            message = await post(ws, "general", "one")  # 1 of 3
+            react = {"type": "react", "room": "general", "id": message["id"], "emoji": "👍"}
+            assert (await ask(ws, {**react, "on": True}))["type"] == "ok"  # 2
+            assert (await ask(ws, {**react, "on": False}))["type"] == "ok"  # 3
+            before = await snapshot(redis, "{room:*")
+            error = await ask(ws, {**react, "on": True})
+            assert (error["type"], error["code"]) == ("error", "rate_limited")
+            assert error["retry_after"] > 0
+            assert await snapshot(redis, "{room:*") == before
