@@ -44,6 +44,8 @@ MAX_DIRECT_OTHERS = 8
 BROWSE_LIMIT = 200
 GENERAL_MEMBERS_LIMIT = 1000
 UNREAD_CAP = 99
+# How many stream entries `mark_read` looks back through for a message.
+READ_SCAN = 100
 
 BAD_REQUEST = "bad_request"
 NOT_ALLOWED = "not_allowed"
@@ -713,12 +715,15 @@ class RoomStore:
         is not forward (or there is no such message)."""
         if not ROOM_ID.fullmatch(room_id) or not _STREAM_ID.fullmatch(message_id):
             return None
+        # Changes to messages (edits, reactions: entries with a `kind`) are not
+        # messages: the marker goes to the message at or before them.
         entries = await self.reads.execute_command(
-            "XREVRANGE", keys.room_history(room_id), message_id, "-", "COUNT", 1
+            "XREVRANGE", keys.room_history(room_id), message_id, "-", "COUNT", READ_SCAN
         )
-        if not entries:
+        messages = [(i, f) for i, f in entries if b"kind" not in f]
+        if not messages:
             return None
-        entry_id, fields = entries[0]
+        entry_id, fields = messages[0]
         seq = fields.get(b"seq")
         if seq is None:
             return None  # stored before rooms: every marker is past it already

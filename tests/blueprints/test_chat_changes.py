@@ -246,3 +246,21 @@ async def test_a_flood_of_changes_counts_against_the_message_limit(
             assert (error["type"], error["code"]) == ("error", "rate_limited")
             assert error["retry_after"] > 0
             assert await snapshot(redis, "{room:*") == before
+
+
+async def test_a_read_marker_at_a_change_goes_to_the_message_before_it(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+        await start(ann_ws)
+        await start(bob_ws, join=False)
+        message = await post(ann_ws, "general", "read me")
+        await ask(ann_ws, {"type": "react", "room": "general", "id": message["id"], "emoji": "👀"})
+        change = (await skip_to(ann_ws, "reaction"))["id"]
+        assert (await ask(bob_ws, {"type": "read", "room": "general", "id": change}))[
+            "type"
+        ] == "ok"
+        read = await skip_to(bob_ws, "read")
+        assert (read["id"], read["unread"]) == (message["id"], 0)
