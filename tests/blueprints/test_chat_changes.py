@@ -43,6 +43,10 @@ async def history(ws: Any, room: str = "general") -> list[dict[str, Any]]:
     return messages
 
 
+# Through JSON in Lua (cjson) and back: quotes, slashes, line breaks, non-ASCII, markup.
+EDITED = 'hello "you" </b>\n☃ 👩‍👩‍👧 \\u0000'
+
+
 async def skip_to(ws: Any, kind: str) -> dict[str, Any]:
     """The next frame of `kind`, anything before it skipped."""
     while (frame := await next_frame(ws))["type"] != kind:
@@ -62,17 +66,17 @@ async def test_an_edit_reaches_the_room_and_history_shows_the_new_text(
         await receive_type(bob_ws, "message")
         seq = await redis.hget(keys.room_meta("general"), "seq")
         reply = await ask(
-            ann_ws, {"type": "edit", "room": "general", "id": message["id"], "text": "hello"}
+            ann_ws, {"type": "edit", "room": "general", "id": message["id"], "text": EDITED}
         )
         assert reply == {"type": "ok", "ref": reply["ref"]}
         edit = await receive_type(bob_ws, "edit")
-        assert edit["target"] == message["id"] and edit["text"] == "hello"
+        assert edit["target"] == message["id"] and edit["text"] == EDITED
         assert edit["user"] == {"id": ann.user.id, "name": ann.user.name}
         assert edit["id"] > message["id"] and edit["ts"] >= message["ts"]
         # Not a message: the unread count of the room does not move.
         assert await redis.hget(keys.room_meta("general"), "seq") == seq
         (shown,) = await history(bob_ws)
-        assert shown["id"] == message["id"] and shown["text"] == "hello"
+        assert shown["id"] == message["id"] and shown["text"] == EDITED
         assert shown["edited_ts"] == edit["ts"]
 
 
