@@ -5,7 +5,8 @@ that the keys one script touches share a slot:
 
 - `{room:<id>}`: a room's history stream, its live channel, the
   idempotency records of sends to it, its meta hash and member set (one script
-  checks membership, stores, records, counts and publishes);
+  checks membership, stores, records, counts and publishes), and the current
+  state of its changed messages (edits, deletions, reactions);
 - `{user:<id>}`: a user's profile, per-user rate limits, the rooms they are
   a member of, their read markers, their session ids and their event channel;
 - `{login:<hash>}`: an address's login-code keys, tagged by a hash of the
@@ -114,6 +115,11 @@ def room_of_channel(channel: str) -> str | None:
 def room_meta(room: str) -> str:
     """kind, name, topic, created_by, created_at, archived, seq, last_id."""
     return f"{{room:{room}}}:meta"
+
+
+def room_state(room: str) -> str:
+    """Message id -> JSON of its current changes (edited text, deleted, reactions)."""
+    return f"{{room:{room}}}:state"
 
 
 def room_members(room: str) -> str:
@@ -244,7 +250,7 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(SOCKET_WORKERS),
         re.escape(PRESENCE_WORKER_PREFIX) + _ID,
         re.escape(SOCKET_WORKER_PREFIX) + _ID,
-        rf"\{{room:{_ID}\}}:(history|meta|members|mentions)",
+        rf"\{{room:{_ID}\}}:(history|meta|members|mentions|state)",
         rf"\{{room:{_ID}\}}:sent:{_ID}:[0-9a-f]{{32}}",
         rf"\{{user:{_ID}\}}:(profile|rooms|read|sessions)",
         rf"\{{user:{_ID}\}}:ratelimit:[a-z-]+",

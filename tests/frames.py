@@ -54,6 +54,9 @@ KINDS = [
     "send",
     "history",
     "typing",
+    "edit",
+    "delete",
+    "react",
     "ping",
     "room_create",
     "room_join",
@@ -121,6 +124,14 @@ VALID = {
         "limit": optional(st.integers(1, 100)),
     },
     "typing": {},
+    # Ids drawn at random name no message: each of these is refused ("no such message").
+    "edit": {"id": st.one_of(valid_id, message_id), "text": text},
+    "delete": {"id": st.one_of(valid_id, message_id)},
+    "react": {
+        "id": st.one_of(valid_id, message_id),
+        "emoji": st.one_of(st.sampled_from(["👍", "🎉", "x", ""]), any_text, junk),
+        "on": optional(st.one_of(st.booleans(), junk)),
+    },
     "ping": {},
     "room_create": {
         "kind": st.sampled_from(["public", "private"]),
@@ -300,7 +311,8 @@ def expected_answer(raw: str | bytes) -> str:
         if not isinstance(body, str) or not body.strip() or len(body) > MAX_CHARS:
             return "error"
         return "message"
-    # Unknown types; `join` (joined already); leaving general, inviting to it,
+    # Unknown types; `join` (joined already); edits, deletions and reactions of
+    # messages that do not exist (the fuzz never names a real one); leaving general, inviting to it,
     # removing from it and changing it, which only an admin may.
     return "error"
 

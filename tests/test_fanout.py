@@ -168,6 +168,26 @@ async def test_the_shared_unread_bump_carries_the_messages_mentions(
     assert [json.loads(bump) for bump in bumps] == [expected] * 2
 
 
+async def test_a_change_reaches_joined_sockets_in_order_and_never_bumps_a_watching_one(
+    fanout: Fanout,
+) -> None:
+    joined, joining, watching = (socket(fanout, ANN, str(n)) for n in (1, 2, 3))
+    watch(fanout, ANN, "general")
+    assert fanout.begin_join(joined, "general")
+    fanout.finish_join(joined, "general", None)
+    assert fanout.begin_join(joining, "general")
+    posted, post = message("general", "5-0")
+    edit = json.dumps({"type": "edit", "room": "general", "id": "6-0", "target": "5-0"})
+    react = json.dumps({"type": "reaction", "room": "general", "id": "7-0", "target": "5-0"})
+    for payload in (post, f"V 6-0 bob {edit}", f"V 7-0 bob {react}"):
+        fanout.room_payload("general", payload)
+    assert sent(joined) == [posted, edit, react]
+    assert sent(watching) == [unread_frame("general", "5-0", "bob")]  # the message only
+    # A joining socket buffers changes with messages and keeps those after its backlog.
+    fanout.finish_join(joining, "general", "6-0")
+    assert sent(joining) == [react]
+
+
 async def test_a_message_in_a_room_without_local_members_reaches_nobody(fanout: Fanout) -> None:
     ann = socket(fanout, ANN)
     watch(fanout, ANN, "general")

@@ -14,7 +14,9 @@ from quart_chat.realtime.protocol import (
     MAX_CONTAINERS,
     MAX_NESTING,
     MAX_REF,
+    Delete,
     DmOpen,
+    Edit,
     EventPayload,
     FrameError,
     History,
@@ -23,6 +25,7 @@ from quart_chat.realtime.protocol import (
     People,
     Ping,
     Profile,
+    React,
     Read,
     RoomCreate,
     RoomInvite,
@@ -209,3 +212,56 @@ def test_brackets_inside_strings_do_not_count(depth: int, strings: int, inside: 
     nested = "[" * depth + ",".join([inside] * strings) + "]" * depth
     result = parse('{"type":"typing","room":"general","x":' + nested + "}")
     assert isinstance(result, Typing) == (depth + 1 <= MAX_NESTING)
+
+
+def test_edit_delete_and_react_frames_parse_with_their_fields() -> None:
+    room = '"room": "general", "id": "5-1", "ref": "r"'
+    assert parse(f'{{"type": "edit", {room}, "text": "new"}}') == Edit("general", "5-1", "new", "r")
+    assert parse(f'{{"type": "delete", {room}}}') == Delete("general", "5-1", "r")
+    assert parse(f'{{"type": "react", {room}, "emoji": "👍"}}') == React(
+        "general", "5-1", "👍", True, "r"
+    )
+    flag = '"emoji": "🏳️‍🌈", "on": false'
+    assert parse(f'{{"type": "react", {room}, {flag}}}') == React(
+        "general", "5-1", "🏳️‍🌈", False, "r"
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        '"id": "5-1"',  # edit without text
+        '"id": "5-1", "text": "  "',
+        '"id": "x", "text": "t"',
+        '"text": "t"',
+        f'"id": "5-1", "text": "{"x" * (MAX_CHARS + 1)}"',
+    ],
+)
+def test_bad_edits_are_refused_with_their_ref(fields: str) -> None:
+    error = parse(f'{{"type": "edit", "room": "general", "ref": "r", {fields}}}')
+    assert isinstance(error, FrameError) and error.ref == "r"
+    assert error.code in ("bad_request", "too_long")
+
+
+@pytest.mark.parametrize(
+    "emoji",
+    ["", "a", "👍a", "<b>", "\u200d", "👍" * 33, 1, None, ["👍"], "👍 ", "\u202e👍"],
+)
+def test_reactions_must_be_a_few_emoji(emoji: object) -> None:
+    frame = {"type": "react", "room": "general", "id": "5-1", "emoji": emoji, "ref": "r"}
+    error = parse(json.dumps(frame))
+    assert isinstance(error, FrameError) and error.code == "bad_request" and error.ref == "r"
+
+
+def test_react_on_must_be_a_boolean() -> None:
+    frame = {"type": "react", "room": "general", "id": "5-1", "emoji": "👍", "on": 1}
+    assert isinstance(parse(json.dumps(frame)), FrameError)
+
+
+def test_a_change_payload_is_ordered_like_a_message_but_marked_as_a_change() -> None:
+    assert parse_payload('V 6-0 bob {"type":"edit"}') == MessagePayload(
+        "6-0", "bob", '{"type":"edit"}', change=True
+    )
+    assert parse_payload('M 6-0 bob {"type":"message"}') == MessagePayload(
+        "6-0", "bob", '{"type":"message"}'
+    )

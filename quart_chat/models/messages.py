@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from .. import keys
 from ..realtime.protocol import encode, message_frame, stream_id_key
 from ..storage import Commands, as_text, script
+from .changes import Change, change_from_entry
 from .mentions import NOBODY, resolve_mentions
 from .rooms import GENERAL, advance_read
 from .users import User
@@ -126,6 +127,18 @@ class Page:
         return self.messages[-1].id if self.messages else None
 
 
+@dataclass(slots=True)
+class Backlog:
+    """Stream entries after an id: messages and changes, each oldest first."""
+
+    messages: list[Message]
+    changes: list[Change]
+    # The newest entry's id (a message's or a change's), None if there is none.
+    last_id: str | None
+    # How many entries were read: the caller asked for at most some number.
+    entries: int
+
+
 class RoomHistory:
     def __init__(self, redis: Redis, max_per_room: int, reads: Commands | None = None) -> None:
         self.redis = redis
@@ -196,26 +209,51 @@ class RoomHistory:
         return _from_entry(room, entries[0]) if entries else None
 
     async def newest_after(self, room: str, after: str, count: int) -> list[Message]:
-        """Up to `count` of the newest messages strictly after `after`, oldest first."""
+        """Up to `count` of the newest messages strictly after `after`, oldest first
+        (changes to messages are not counted, nor returned)."""
+        backlog = await self.entries_after(room, after, count)
+        return backlog.messages
+
+    async def entries_after(self, room: str, after: str, count: int) -> Backlog:
+        """The newest `count` stream entries strictly after `after`, oldest first: the
+        messages and the changes (edits, deletions, reactions) among them."""
         entries = cast(
             list[Entry],
             await self.reads.execute_command(
                 "XREVRANGE", keys.room_history(room), "+", f"({after}", "COUNT", count
             ),
         )
-        return [_from_entry(room, e) for e in reversed(entries)]
+        backlog = Backlog([], [], as_text(entries[0][0]) if entries else None, len(entries))
+        for raw_id, fields in reversed(entries):
+            if b"kind" in fields:
+                backlog.changes.append(change_from_entry(room, raw_id, fields))
+            else:
+                backlog.messages.append(_from_entry(room, (raw_id, fields)))
+        return backlog
 
     async def before(self, room: str, before: str | None, count: int) -> Page:
-        """The `count` messages before `before` (or the newest), newest last."""
+        """The `count` messages before `before` (or the newest), newest last.
+
+        The stream also holds changes to messages, which are skipped: it is read
+        backwards in batches until `count` + 1 messages are found or it ends.
+        """
         end = "+" if before is None else f"({before}"
-        entries = cast(
-            list[Entry],
-            await self.reads.execute_command(
-                "XREVRANGE", keys.room_history(room), end, "-", "COUNT", count + 1
-            ),
-        )
-        has_more = len(entries) > count
-        return Page([_from_entry(room, e) for e in reversed(entries[:count])], has_more)
+        found: list[Message] = []
+        batch = count + 1
+        while True:
+            entries = cast(
+                list[Entry],
+                await self.reads.execute_command(
+                    "XREVRANGE", keys.room_history(room), end, "-", "COUNT", batch
+                ),
+            )
+            found.extend(_from_entry(room, e) for e in entries if b"kind" not in e[1])
+            if len(entries) < batch or len(found) > count:
+                break
+            end = f"({as_text(entries[-1][0])}"
+            batch = min(batch * 2, 1000)
+        has_more = len(found) > count
+        return Page(list(reversed(found[:count])), has_more)
 
 
 def _from_entry(room: str, entry: Entry) -> Message:

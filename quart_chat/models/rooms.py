@@ -49,6 +49,8 @@ MAX_DIRECT_OTHERS = 8
 BROWSE_LIMIT = 200
 GENERAL_MEMBERS_LIMIT = 1000
 UNREAD_CAP = 99
+# How many stream entries `mark_read` looks back through for a message.
+READ_SCAN = 100
 
 BAD_REQUEST = "bad_request"
 NOT_ALLOWED = "not_allowed"
@@ -304,13 +306,18 @@ return 1
 # (or one from before rooms). One step in the room's slot, so that a mention
 # posted meanwhile is either after the marker or in neither count, never lost.
 _READ_POINT = """
-local found = redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', 1)[1]
-if not found then return {} end
-local seq
-for i = 1, #found[2], 2 do
-  if found[2][i] == 'seq' then seq = found[2][i + 1] end
+-- The message at or before the id read: changes to messages (edits, reactions:
+-- entries with a `kind`) are not messages, and have no `seq`.
+local found, seq, kind
+for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], ARGV[1], '-', 'COUNT', ARGV[4])) do
+  kind, seq = nil, nil
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'kind' then kind = true end
+    if entry[2][i] == 'seq' then seq = entry[2][i + 1] end
+  end
+  if not kind then found = entry; break end
 end
-if not seq then return {} end
+if not found or not seq then return {} end
 local now = 0
 for _, n in ipairs(redis.call('HMGET', KEYS[2], ARGV[2], '*')) do
   if n then now = now + tonumber(n) end
@@ -781,7 +788,7 @@ class RoomStore:
             return None
         point = await script(self.redis, _READ_POINT)(
             keys=[keys.room_history(room_id), keys.room_mentions(room_id)],
-            args=[message_id, user_id, READ_SCAN_LIMIT],
+            args=[message_id, user_id, READ_SCAN_LIMIT, READ_SCAN],
         )
         if not point:
             return None  # no such message, or stored before rooms (every marker is past it)

@@ -28,7 +28,8 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Message, NotMember, Page
+from ..models.changes import DELETE, EDIT, REACT, ChangeRefused
+from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Message, NotMember
 from ..models.rooms import GENERAL, ReadState, Room, RoomError
 from ..models.sessions import revoke_user_sessions, session_exists
 from ..models.users import (
@@ -57,7 +58,9 @@ from .protocol import (
     RATE_LIMITED,
     UNAVAILABLE,
     ClientFrame,
+    Delete,
     DmOpen,
+    Edit,
     FrameError,
     History,
     Join,
@@ -65,6 +68,7 @@ from .protocol import (
     People,
     Ping,
     Profile,
+    React,
     Read,
     RoomCreate,
     RoomInvite,
@@ -113,6 +117,9 @@ PONG_INTERVAL_SECONDS = 0.25
 # Frames that change rooms or names publish to other users' sockets: they count
 # against the user's message limit (CHAT_MESSAGES_PER_MINUTE), like a message.
 WRITES = (
+    Edit,
+    Delete,
+    React,
     RoomCreate,
     RoomJoin,
     RoomLeave,
@@ -133,6 +140,20 @@ LIST_REQUESTS_PER_SOCKET = 60
 # are dropped without a word before any Redis call (the page sends one every 3 s,
 # so jitter never drops one of those). Typing events are never stored.
 TYPING_INTERVAL_SECONDS = 2.0
+
+
+# (kind, refusal reason) -> the error frame's code and message.
+_REFUSED: dict[tuple[str, str], tuple[str, str]] = {
+    **{(kind, "not_member"): (NOT_ALLOWED, NO_SUCH_ROOM) for kind in (EDIT, DELETE, REACT)},
+    **{(kind, "no_message"): (BAD_REQUEST, "no such message") for kind in (EDIT, DELETE, REACT)},
+    **{
+        (kind, "deleted"): (BAD_REQUEST, "the message was deleted")
+        for kind in (EDIT, DELETE, REACT)
+    },
+    (EDIT, "not_yours"): (NOT_ALLOWED, "only its author can edit a message"),
+    (DELETE, "not_yours"): (NOT_ALLOWED, "only its author or an admin can delete a message"),
+    (REACT, "too_many"): (BAD_REQUEST, "a message has at most 20 different reactions"),
+}
 
 
 class ChatConnection:
@@ -307,6 +328,8 @@ class ChatConnection:
                 await self._history(frame)
             case Typing():
                 await self._typing(frame)
+            case Edit() | Delete() | React():
+                await self._change(frame)
             case Read():
                 await self._read(frame)
             case Members():
@@ -402,7 +425,47 @@ class ChatConnection:
         await self._authorise(frame.room, frame.ref)
         await self._limit_backlog(frame.ref)
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
-        self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
+        self.outbox.deliver(
+            await self._history_frame(frame.room, page.messages, page.has_more, ref=frame.ref)
+        )
+
+    async def _history_frame(
+        self,
+        room: str,
+        messages: list[Message],
+        has_more: bool,
+        *,
+        reset: bool = False,
+        ref: str | None = None,
+    ) -> str:
+        """A history frame with each message in its current state (edited, deleted,
+        reactions), read from the room's state hash for just these ids."""
+        states = await self.hub.changes.states(room, [m.id for m in messages])
+        return history_frame(
+            room, messages, has_more, reset=reset, ref=ref, states=states, viewer=self.user.id
+        )
+
+    async def _change(self, frame: Edit | Delete | React) -> None:
+        """Edit, delete or react to a message: stored as an event in the room's stream
+        and published by the change script (models/changes.py). Membership, the
+        message, its author and its state are checked there, in the same step."""
+        match frame:
+            case Edit():
+                kind, value, on = EDIT, frame.text, True
+            case Delete():
+                kind, value, on = DELETE, "", True
+            case React():
+                kind, value, on = REACT, frame.emoji, frame.on
+        try:
+            changed = await self.hub.changes.change(
+                frame.room, self.user, frame.id, kind, value, on=on, admin=self.admin
+            )
+        except ChangeRefused as refused:
+            raise FrameError(*_REFUSED[kind, refused.reason], ref=frame.ref) from None
+        # Like a message: to the sender through the room once joined, else directly.
+        if changed is not None and not self.hub.fanout.is_joined(self.outbox, frame.room):
+            self.outbox.deliver(changed)
+        self.outbox.deliver(ok_frame(frame.ref))
 
     async def _typing(self, frame: Typing) -> None:
         """Tell the room's other members with it open, unless this socket did so lately.
@@ -493,22 +556,39 @@ class ChatConnection:
         fanout.finish_join(outbox, room, last_id)
 
     async def _backlog(self, frame: Join) -> str | None:
-        """Send the backlog of a join; the id of its last message (or `after`)."""
+        """Send the backlog of a join; the id of its last entry (or `after`).
+
+        Without `after`: the newest messages in their current state. With it:
+        the messages since, in their current state, then every change since
+        (edit, delete, reaction frames) in stream order. A change applies as a
+        "set" (text, deleted, a user's reaction on or off), so changes the
+        current state already holds leave it as it is and the client ends with
+        exactly the final state, whether the message is in the backlog or older.
+        """
         history, room, ref = self.hub.history, frame.room, frame.ref
         if frame.after is None:
             page = await history.before(room, None, JOIN_LAST)
-            self._deliver_joining(room, history_frame(room, page.messages, page.has_more, ref=ref))
-            return page.last_id
-        backlog = await history.newest_after(room, frame.after, JOIN_BACKLOG_MAX + 1)
-        if len(backlog) > JOIN_BACKLOG_MAX:
-            # Too far behind to replay: start over from the newest, like a fresh join.
-            page = Page(backlog[-JOIN_LAST:], has_more=True)
             self._deliver_joining(
-                room, history_frame(room, page.messages, True, reset=True, ref=ref)
+                room, await self._history_frame(room, page.messages, page.has_more, ref=ref)
             )
             return page.last_id
-        await self._deliver_pages(room, backlog, ref)
-        return backlog[-1].id if backlog else frame.after
+        backlog = await history.entries_after(room, frame.after, JOIN_BACKLOG_MAX + 1)
+        if backlog.entries > JOIN_BACKLOG_MAX:
+            # Too far behind to replay: start over from the newest, like a fresh join.
+            page = await history.before(room, None, JOIN_LAST)
+            self._deliver_joining(
+                room, await self._history_frame(room, page.messages, True, reset=True, ref=ref)
+            )
+            return backlog.last_id
+        await self._deliver_pages(room, backlog.messages, ref)
+        if backlog.changes:
+            states = await self.hub.changes.states(room, [c.target for c in backlog.changes])
+            for change in backlog.changes:
+                state = states.get(change.target)
+                # A deleted message's edits are not replayed: its text is gone.
+                if state is None or not state.deleted or change.kind == DELETE:
+                    self._deliver_joining(room, change.frame())
+        return backlog.last_id or frame.after
 
     def _deliver_joining(self, room: str, frame: str) -> None:
         """Only while the join is on: a user removed meanwhile gets no more of the room."""
@@ -524,7 +604,9 @@ class ChatConnection:
                 await self.outbox.wait_half_empty()
             end = start + JOIN_PAGE
             page = messages[start:end]
-            self._deliver_joining(room, history_frame(room, page, end < len(messages), ref=ref))
+            self._deliver_joining(
+                room, await self._history_frame(room, page, end < len(messages), ref=ref)
+            )
 
     async def _read(self, frame: Read) -> None:
         """Move the read marker forward; the user's every socket hears it (this one too)."""

@@ -8,6 +8,9 @@ each room has its local member users. A socket, per room of its user, is
 - watching: gets an `unread` bump per message and the room's events;
 - joining: live messages are buffered while its backlog is read (gapless join);
 - joined: gets every `message` frame, and `typing` frames of the other members.
+Changes to messages (edit, delete, reaction: `V` payloads) are ordered and
+buffered exactly like messages for joined and joining sockets; watching
+sockets get nothing for them (they are not messages: no `unread` bump).
 Which channels the worker needs follows from that: a room's channel while it
 has a local member, a user's channel while the user has a local socket. Every
 change is told to a `ChannelListener` (the bus) at once, synchronously.
@@ -384,7 +387,7 @@ class Fanout:
                 elif joining is not None and outbox in joining:
                     if self._joining_message(outbox, joining[outbox], message):
                         caught_up.append(outbox)
-                else:
+                elif not message.change:
                     if unread is None:
                         unread = unread_frame(
                             room, message.id, message.author, mention_fields(frame)

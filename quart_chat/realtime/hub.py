@@ -15,6 +15,7 @@ from .. import keys
 from ..config import Settings
 from ..mail import make_mailer
 from ..migrations import migrate
+from ..models.changes import MessageChanges
 from ..models.messages import RoomHistory
 from ..models.rooms import RoomStore
 from ..outbox import CLAIM_MARGIN_SECONDS, MailOutbox
@@ -81,6 +82,7 @@ class ChatHub:
         # pipeline, not per socket.
         self.pipelined = Pipelined(redis)
         self.history = RoomHistory(redis, settings.history_per_room, reads=self.pipelined)
+        self.changes = MessageChanges(redis, settings.history_per_room, reads=self.pipelined)
         self.rooms = RoomStore(redis, reads=self.pipelined)
         self.outbox = MailOutbox(
             redis,

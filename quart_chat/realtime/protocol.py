@@ -8,6 +8,9 @@ carry `ref` (a string of at most 64 chars), copied onto its direct reply or erro
 Pub/sub payloads (one format, built and parsed only here, and by the post
 script in models/messages.py, which is the one place a message is first made):
 - room channel `M <stream id> <author id> <message frame JSON>`: a stored message;
+- room channel `V <stream id> <user id> <frame JSON>`: a stored change to a message
+  (`edit`, `delete`, `reaction`; models/changes.py), ordered like a message but
+  only for sockets with the room open (never an `unread` bump);
 - room channel `E <kind> <user id or -> <frame JSON>`: a room event
   (`room`, `left`, `removed`, `archived`, and `typing`: ephemeral, never stored,
   with the typer's id so fanout skips their sockets without parsing the JSON);
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
+    from ..models.changes import MessageState
     from ..models.messages import Message
 
 DEFAULT_ROOM = "general"
@@ -41,6 +46,7 @@ MAX_DM_OTHERS = 8
 # what a frame may make the server look at.
 MAX_NAME_CHARS = 1000
 MAX_QUERY_CHARS = 100
+MAX_EMOJI_CHARS = 32
 ROOM_KINDS = ("public", "private")
 # A Redis stream id: milliseconds, a dash, a sequence number, each a 64-bit
 # unsigned integer.
@@ -100,6 +106,30 @@ class History:
 @dataclass(frozen=True, slots=True)
 class Typing:
     room: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    room: str
+    id: str
+    text: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    id: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    room: str
+    id: str
+    emoji: str
+    on: bool
     ref: str | None = None
 
 
@@ -210,6 +240,9 @@ ClientFrame = (
     | Send
     | History
     | Typing
+    | Edit
+    | Delete
+    | React
     | Ping
     | RoomCreate
     | RoomJoin
@@ -232,6 +265,9 @@ RoomFrame = (
     | Send
     | History
     | Typing
+    | Edit
+    | Delete
+    | React
     | RoomLeave
     | RoomInvite
     | RoomRemove
@@ -288,6 +324,8 @@ def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
     try:
         if kind == "send":
             return _parse_send(data, max_chars, ref)
+        if kind == "edit":
+            return _parse_edit(data, max_chars, ref)
         parse = _PARSERS.get(kind) if isinstance(kind, str) else None
         if parse is None:
             raise FrameError(BAD_REQUEST, "unknown frame type")
@@ -327,6 +365,61 @@ def _parse_send(data: dict[str, Any], max_chars: int, ref: str | None) -> Send:
     if len(text) > max_chars:
         raise FrameError(TOO_LONG, f"text is longer than {max_chars} characters", client_id)
     return Send(room, text, client_id, ref)
+
+
+def _parse_edit(data: dict[str, Any], max_chars: int, ref: str | None) -> Edit:
+    room, target = _room(data), _message_id(data)
+    text = data.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise FrameError(BAD_REQUEST, "text must be a non-empty string")
+    if len(text) > max_chars:
+        raise FrameError(TOO_LONG, f"text is longer than {max_chars} characters")
+    return Edit(room, target, text, ref)
+
+
+def _message_id(data: dict[str, Any]) -> str:
+    value = _optional_id(data, "id")
+    if value is None:
+        raise FrameError(BAD_REQUEST, "id must be a message id")
+    return value
+
+
+# Characters an emoji is made of besides symbols: zero-width joiner, variation
+# selectors, the combining keycap, and tag characters (subdivision flags).
+_EMOJI_GLUE = frozenset("\u200d\ufe0e\ufe0f\u20e3") | frozenset(
+    chr(c) for c in range(0xE0020, 0xE0080)
+)
+
+
+def _react(data: dict[str, Any], ref: str | None) -> React:
+    room, target = _room(data), _message_id(data)
+    emoji = data.get("emoji")
+    if not isinstance(emoji, str) or not is_emoji(emoji):
+        raise FrameError(
+            BAD_REQUEST, f"emoji must be one or a few emoji (at most {MAX_EMOJI_CHARS} chars)"
+        )
+    on = data.get("on", True)
+    if not isinstance(on, bool):
+        raise FrameError(BAD_REQUEST, "on must be true or false")
+    return React(room, target, emoji, on, ref)
+
+
+def is_emoji(text: str) -> bool:
+    """One or a few emoji: every char a symbol (So, Sk) or emoji glue, one a symbol.
+
+    Simple on purpose: it keeps words, markup and invisible text out of
+    reactions without a table of every emoji sequence.
+    """
+    if not 1 <= len(text) <= MAX_EMOJI_CHARS:
+        return False
+    symbols = 0
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "So":
+            symbols += 1
+        elif category != "Sk" and char not in _EMOJI_GLUE:
+            return False
+    return symbols > 0
 
 
 def _id(data: dict[str, Any], field: str) -> str:
@@ -411,6 +504,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
     "join": lambda d, ref: Join(_room(d), _after_id(d), ref),
     "history": lambda d, ref: History(_room(d), _before_id(d), _limit(d), ref),
     "typing": lambda d, ref: Typing(_room(d), ref),
+    "delete": lambda d, ref: Delete(_room(d), _message_id(d), ref),
+    "react": _react,
     "ping": lambda d, ref: Ping(ref),
     "room_create": _room_create,
     "room_join": lambda d, ref: RoomJoin(_room(d), ref),
@@ -593,6 +688,26 @@ def typing_frame(room_id: str, user_id: str, name: str) -> str:
     return encode({"type": "typing", "room": room_id, "user": {"id": user_id, "name": name}})
 
 
+# The server frame type of each kind of change (SPEC §9).
+CHANGE_FRAME_TYPES = {"edit": "edit", "delete": "delete", "react": "reaction"}
+
+
+def change_frame_parts(
+    room_id: str, kind: str, target: str, user_id: str, name: str, value: str, on: bool
+) -> tuple[str, str]:
+    """An edit, delete or reaction frame without its id and ts, which only XADD knows:
+    the text before `,"id":..,"ts":..` and the text after (the change script and a
+    replay both put them together, so a live and a replayed frame are the same)."""
+    head = encode({"type": CHANGE_FRAME_TYPES[kind], "room": room_id})[:-1]
+    rest: dict[str, Any] = {"target": target, "user": {"id": user_id, "name": name}}
+    if kind == "edit":
+        rest["text"] = value
+    elif kind == "react":
+        rest["emoji"] = value
+        rest["on"] = on
+    return head, "," + encode(rest)[1:]
+
+
 def unread_frame(room_id: str, message_id: str, author_id: str, mentions: str = "") -> str:
     """Built once per message per worker, for every socket watching the room;
     `mentions` is the message frame's mention fields (see `mention_fields`), so
@@ -643,11 +758,21 @@ def history_frame(
     *,
     reset: bool = False,
     ref: str | None = None,
+    states: Mapping[str, MessageState] | None = None,
+    viewer: str | None = None,
 ) -> str:
+    """`states`: the current state of the changed ones among `messages` (SPEC §9),
+    with `me` in reactions as `viewer` sees them."""
+    objects = [message_object(message) for message in messages]
+    if states:
+        for obj in objects:
+            state = states.get(obj["id"])
+            if state is not None:
+                obj.update(state.fields(viewer))
     frame: dict[str, Any] = {
         "type": "history",
         "room": room_id,
-        "messages": [message_object(message) for message in messages],
+        "messages": objects,
         "has_more": has_more,
     }
     if reset:
@@ -675,6 +800,9 @@ class MessagePayload:
     id: str
     author: str
     frame: str
+    # A change to a message (`V`): in stream order for sockets with the room open,
+    # but no `unread` bump for the others.
+    change: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,6 +829,8 @@ def parse_payload(payload: str) -> MessagePayload | EventPayload | None:
     tag, first, second, frame = parts
     if tag == "M":
         return MessagePayload(first, second, frame)
+    if tag == "V":
+        return MessagePayload(first, second, frame, change=True)
     if tag == "E":
         return EventPayload(first, None if second == NO_ARG else second, frame)
     return None

@@ -25,6 +25,9 @@ export class Composer {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         this.submit();
+      } else if (event.key === "ArrowUp" && !this.textarea.value && this.view) {
+        // Up in an empty composer edits the user's last message in the room.
+        if (this.view.editLast()) event.preventDefault();
       }
     });
     this.textarea.addEventListener("input", () => {

@@ -273,6 +273,10 @@ class App {
         return this.onPresence(frame);
       case "typing":
         return this.views.get(frame.room)?.someoneTyping(frame.user);
+      case "edit":
+      case "delete":
+      case "reaction":
+        return this.views.get(frame.room)?.receiveChange(frame);
       case "error":
         if (!settled) this.onError(frame);
         return;

@@ -3,6 +3,7 @@
 // is made when the room is first opened and kept while the room is, so
 // switching back costs nothing.
 
+import { applyChange, decorate, lastOwn, startEdit } from "./changes.js";
 import { avatar, button, compareIds, el, fullDate, newClientId, relativeTime } from "./format.js";
 import { renderMentions } from "./mentions.js";
 
@@ -212,6 +213,8 @@ export class RoomView {
     if (this.byId.has(message.id)) return null;
     const li = this.messageItem(message.user, message.text, message.ts, message);
     li.dataset.id = message.id;
+    li.dataset.text = message.text;
+    decorate(this, li, message);
     this.byId.set(message.id, li);
     let before = null;
     const first = this.list.firstElementChild;
@@ -306,6 +309,32 @@ export class RoomView {
       this.loadingOlder = false;
       if (error.code !== "timeout" && error.code !== "unavailable") this.app.notice(error.message);
     });
+  }
+
+  // ---- changes to messages (changes.js) ---------------------------------------------------
+
+  // An `edit`, `delete` or `reaction` frame: applied if the message is on the page
+  // (an older one is shown in its current state when history brings it).
+  receiveChange(frame) {
+    const li = this.byId.get(frame.target);
+    if (li) applyChange(this, li, frame);
+  }
+
+  // Up in an empty composer: edit the user's newest message here. False if none.
+  editLast() {
+    const li = lastOwn(this);
+    if (!li) return false;
+    startEdit(this, li);
+    return true;
+  }
+
+  // A name for a user id, from who is online or who wrote here.
+  nameOf(userId) {
+    const online = this.app.store.online.get(userId) ?? this.app.store.online.get(Number(userId));
+    if (online) return online.name;
+    if (this.app.store.isMe(userId)) return "you";
+    const li = this.list.querySelector(`li[data-user="${CSS.escape(String(userId))}"]`);
+    return li?.querySelector(".msg-author")?.textContent ?? "someone";
   }
 
   renameAuthor(user) {
