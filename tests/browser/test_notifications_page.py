@@ -11,6 +11,7 @@ browser does when the tab goes to the background."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from playwright.sync_api import Page, expect
@@ -20,6 +21,8 @@ from .conftest import Browsers, Person, log_in, unique
 from .test_chat_page import delivered
 from .test_mentions_page import name_user
 from .test_rooms_page import ROOM_URL, say_in, sidebar_link, title
+
+WAIT_SECONDS = 5.0
 
 RECORDER = """
 (() => {
@@ -73,8 +76,11 @@ def notifications(page: Page) -> list[dict[str, Any]]:
 
 
 def wait_for_notifications(page: Page, count: int) -> list[dict[str, Any]]:
-    page.wait_for_function(f"window.__notifications.length >= {count}")
-    return notifications(page)
+    # Polled from here: wait_for_function evaluates a string, which the page's CSP forbids.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(shown := notifications(page)) < count and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    return shown
 
 
 def test_direct_messages_and_mentions_notify_while_hidden_and_a_click_opens_the_room(
@@ -145,4 +151,25 @@ def test_permission_is_asked_only_from_the_button(
     enable.click()
     expect(enable).to_be_hidden()
     expect(cleo.page.get_by_text("Notifications are blocked")).to_be_hidden()
+    assert browsers.errors == []
+
+
+def test_a_refused_permission_hides_the_button_and_says_notifications_are_blocked(
+    chat_server: ChatServer, browsers: Browsers
+) -> None:
+    # Headless Chromium answers a permission request nobody granted with "denied",
+    # as a person clicking "Block" would.
+    dan = watched_person(browsers, chat_server, "dan.notify@example.test", granted=False)
+    enable = dan.page.get_by_role("button", name="Enable notifications")
+    note = dan.page.get_by_text("Notifications are blocked")
+    expect(note).to_be_hidden()
+    enable.click()
+    expect(note).to_be_visible()
+    expect(enable).to_be_hidden()
+    assert dan.page.evaluate("Notification.permission") == "denied"
+    # Reloading keeps it so: the browser remembers the refusal.
+    dan.page.reload()
+    expect(dan.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    expect(note).to_be_visible()
+    expect(dan.page.get_by_role("button", name="Enable notifications")).to_be_hidden()
     assert browsers.errors == []
