@@ -14,6 +14,7 @@ import {
   switcherDialog,
 } from "./dialogs.js";
 import { avatar, button, compareIds, el, roomLabel } from "./format.js";
+import { Notifier } from "./notify.js";
 import { PeopleDirectory } from "./people.js";
 import { RoomView } from "./roomview.js";
 import { roomPath, Sidebar } from "./sidebar.js";
@@ -47,6 +48,10 @@ class App {
     this.composer = new Composer($("composer"), Number(root.dataset.maxChars) || 4000);
     this.sidebar = new Sidebar(this.store, (roomId) => this.open(roomId));
     this.panes = $("panes");
+    this.notifier = new Notifier(this.store, (roomId) => this.open(roomId), {
+      button: $("enable-notifications"),
+      note: $("notifications-denied"),
+    });
     this.store.subscribe((what) => {
       if (what === "rooms") this.renderHeader();
     });
@@ -65,7 +70,10 @@ class App {
     window.addEventListener("popstate", () =>
       this.open(roomFromPath(location.pathname), { url: false }),
     );
-    document.addEventListener("visibilitychange", () => this.seen(this.views.get(this.current)));
+    document.addEventListener("visibilitychange", () => {
+      this.seen(this.views.get(this.current));
+      this.notifier.render(); // the permission may have changed in the browser's settings
+    });
     document.addEventListener("keydown", (event) => {
       if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "k") {
         event.preventDefault();
@@ -257,6 +265,7 @@ class App {
       case "history":
         return this.onHistory(frame);
       case "unread":
+        this.notifier.unread(frame);
         return this.store.noteMessage(frame.room, frame.id, frame.user, {
           counts: true,
           mentioned: this.store.mentionsMe(frame),
@@ -291,6 +300,7 @@ class App {
       mentioned: this.store.mentionsMe(message),
     });
     if (seen) this.seen(view);
+    this.notifier.message(message);
   }
 
   onHistory(frame) {
