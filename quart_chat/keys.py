@@ -3,18 +3,43 @@
 Names carry Redis Cluster hash tags (the part in braces picks the slot) so
 that the keys one script touches share a slot:
 
-- `{room:<id>}`: a room's history stream, its live channel and the
-  idempotency records of sends to it (one script stores, records and publishes);
-- `{user:<id>}`: a user's profile and per-user rate limits;
+- `{room:<id>}`: a room's history stream, its live channel, the
+  idempotency records of sends to it, its meta hash and member set (one script
+  checks membership, stores, records, counts and publishes);
+- `{user:<id>}`: a user's profile, per-user rate limits, the rooms they are
+  a member of, their read markers, their session ids and their event channel;
 - `{login:<hash>}`: an address's login-code keys, tagged by a hash of the
   normalised email so that no address (braces included) appears in a name or
   splits its keys over slots;
 - `{mail}`, `{presence}`, `{sockets}`: each shared structure with the
   per-item keys its scripts reach, in one slot each.
 
+Global indexes (`users:by-email`, `users:names`, `rooms:public`,
+`rooms:names`, `rooms:direct`) have no tag. Until Redis Cluster (issue 16)
+reworks them, these scripts touch more than one slot, each in one step so no
+reader sees half of it:
+
+- issuing a login code queues its mail (`{login:..}` + `{mail}`);
+- presence announces on the global presence channel;
+- a first login claims the address in `users:by-email`, writes the profile,
+  indexes the name in `users:names` and sets the `general` read marker from
+  `{room:general}:meta` (models/users.py `_CLAIM_USER`);
+- renaming, deactivating or reactivating a user updates the profile and
+  `users:names` (models/users.py `_SET_NAME`, `_SET_DEACTIVATED`);
+- creating a room claims its name in `rooms:names`, adds it to `rooms:public`
+  and adds it to every member's `{user:<id>}:rooms` (models/rooms.py `_CREATE`);
+- joining, inviting, removing and leaving update `{room:<id>}:members` and the
+  user's `{user:<id>}:rooms` and `:read` (models/rooms.py `_ADD_MEMBER`,
+  `_REMOVE_MEMBER`);
+- opening a direct room claims the set of people in `rooms:direct` and adds the
+  room to each member (models/rooms.py `_OPEN_DIRECT`);
+- updating a room claims a new name or frees an archived one in `rooms:names`
+  and `rooms:public` (models/rooms.py `_UPDATE`).
+
 No user text appears in a name: ids are server-made, emails and client ids
-are hashed. `PATTERNS` lists every name as a regular expression, so a test can
-check that nothing in Redis is named anywhere else.
+are hashed; room and display names are data, never names. `PATTERNS` lists
+every name as a regular expression, so a test can check that nothing in Redis
+is named anywhere else.
 """
 
 from __future__ import annotations
@@ -23,14 +48,28 @@ import hashlib
 import re
 
 # Bumped when names change; quart_chat/migrations.py renames older names.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_VERSION_KEY = "quart-chat:schema"
 MIGRATION_LOCK_KEY = "quart-chat:migrating"
 
+# The room every user is a member of; the only room id not made by the server.
+GENERAL_ROOM = "general"
+
 # Fixed names for things shared by every worker.
 USERS_BY_EMAIL = "users:by-email"
+# The directory: members "<casefolded name>\x00<user id>", all scored 0, so a
+# prefix search is a ZRANGEBYLEX; deactivated users are not in it.
+USERS_NAMES = "users:names"
+# Ids of public rooms that are not archived (browse).
+ROOMS_PUBLIC = "rooms:public"
+# Casefolded trimmed name -> room id, for non-archived public and private rooms.
+ROOMS_NAMES = "rooms:names"
+# sha256 of the sorted member ids joined by "," -> the id of their direct room.
+ROOMS_DIRECT = "rooms:direct"
 PRESENCE_CHANNEL = "chat:presence"
 SESSION_REVOKED_CHANNEL = "chat:session-revoked"
+# Changed display names, to every worker.
+USERS_CHANNEL = "chat:users"
 MAIL_OUTBOX = "{mail}:outbox"
 MAIL_RETRY = "{mail}:retry"
 PRESENCE_WORKERS = "{presence}:workers"
@@ -62,6 +101,16 @@ def room_of_channel(channel: str) -> str | None:
     return None
 
 
+def room_meta(room: str) -> str:
+    """kind, name, topic, created_by, created_at, archived, seq, last_id."""
+    return f"{{room:{room}}}:meta"
+
+
+def room_members(room: str) -> str:
+    """Member user ids; `general` has none stored (everyone is a member)."""
+    return f"{{room:{room}}}:members"
+
+
 def sent_message(room: str, user_id: str, client_id: str) -> str:
     """The id of the message a user's send with `client_id` stored, for retries."""
     return f"{{room:{room}}}:sent:{user_id}:{_digest(client_id, 32)}"
@@ -69,6 +118,37 @@ def sent_message(room: str, user_id: str, client_id: str) -> str:
 
 def user_profile(user_id: str) -> str:
     return f"{{user:{user_id}}}:profile"
+
+
+def user_rooms(user_id: str) -> str:
+    """Ids of the rooms the user is a member of, `general` excluded (implicit)."""
+    return f"{{user:{user_id}}}:rooms"
+
+
+def user_read(user_id: str) -> str:
+    """Room id -> "<stream id> <seq>": the user's read marker in each room."""
+    return f"{{user:{user_id}}}:read"
+
+
+def user_sessions(user_id: str) -> str:
+    """The user's session ids, so that deactivation can revoke them all."""
+    return f"{{user:{user_id}}}:sessions"
+
+
+_USER_CHANNEL_PREFIX = "{user:"
+_USER_CHANNEL_SUFFIX = "}:events"
+
+
+def user_channel(user_id: str) -> str:
+    """The per-user channel: frames for all of a user's sockets on every worker."""
+    return f"{_USER_CHANNEL_PREFIX}{user_id}{_USER_CHANNEL_SUFFIX}"
+
+
+def user_of_channel(channel: str) -> str | None:
+    """The user whose event channel this is, or None for any other channel."""
+    if channel.startswith(_USER_CHANNEL_PREFIX) and channel.endswith(_USER_CHANNEL_SUFFIX):
+        return channel[len(_USER_CHANNEL_PREFIX) : -len(_USER_CHANNEL_SUFFIX)]
+    return None
 
 
 def user_rate_limit(user_id: str, action: str) -> str:
@@ -131,6 +211,10 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(SCHEMA_VERSION_KEY),
         re.escape(MIGRATION_LOCK_KEY),
         re.escape(USERS_BY_EMAIL),
+        re.escape(USERS_NAMES),
+        re.escape(ROOMS_PUBLIC),
+        re.escape(ROOMS_NAMES),
+        re.escape(ROOMS_DIRECT),
         re.escape(MAIL_OUTBOX),
         re.escape(MAIL_RETRY),
         re.escape(PRESENCE_WORKERS),
@@ -138,9 +222,9 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(SOCKET_WORKERS),
         re.escape(PRESENCE_WORKER_PREFIX) + _ID,
         re.escape(SOCKET_WORKER_PREFIX) + _ID,
-        rf"\{{room:{_ID}\}}:history",
+        rf"\{{room:{_ID}\}}:(history|meta|members)",
         rf"\{{room:{_ID}\}}:sent:{_ID}:[0-9a-f]{{32}}",
-        rf"\{{user:{_ID}\}}:profile",
+        rf"\{{user:{_ID}\}}:(profile|rooms|read|sessions)",
         rf"\{{user:{_ID}\}}:ratelimit:[a-z-]+",
         r"ratelimit:[a-z-]+:ip:.+",
         r"session:[A-Za-z0-9_-]+",

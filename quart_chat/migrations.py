@@ -1,10 +1,16 @@
-"""Renames keys written under older names (quart_chat/keys.py), once per Redis.
+"""Brings data written by older releases to today's names and structures, once per Redis.
 
 Every worker calls `migrate` before it serves. The first to take the lock
-renames; the others wait for it to record the new schema version. Once the
+migrates; the others wait for it to record the new schema version. Once the
 version is recorded, a start costs one GET. A migration that stops half-way
-(the worker died) is simply run again: keys already renamed no longer match
-the old patterns, and the lock expires.
+(the worker died) is simply run again: each step can run twice (keys already
+renamed no longer match the old patterns; indexes are added to, never
+replaced), and the lock expires.
+
+- Schema 2 (issue 11): keys renamed to names with hash tags.
+- Schema 3 (issue 14, rooms): every user in the `users:names` directory,
+  `general`'s meta counting the messages already stored, and every user's
+  read marker in `general` at its newest message (nobody starts with 99+).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
-from .realtime.protocol import DEFAULT_ROOM
+from .models.rooms import GENERAL, ensure_general
+from .models.users import index_all_users
 from .storage import as_text
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ SCAN_COUNT = 1000
 _RENAMES_V1: dict[str, Callable[[str], str]] = {
     "history:": keys.room_history,
     # Every send of version 1 went to the one room.
-    "sent:": lambda rest: keys.sent_message(DEFAULT_ROOM, *rest.split(":", 1)),
+    "sent:": lambda rest: keys.sent_message(GENERAL, *rest.split(":", 1)),
     "user:": keys.user_profile,
     "ratelimit:send:": lambda user_id: keys.user_rate_limit(user_id, "send"),
     "ratelimit:backlog:": lambda user_id: keys.user_rate_limit(user_id, "backlog"),
@@ -63,13 +70,33 @@ async def migrate(redis: Redis) -> None:
             continue
         try:
             # Another worker may have finished between our read and our lock.
-            if int(await redis.get(keys.SCHEMA_VERSION_KEY) or 0) < keys.SCHEMA_VERSION:
-                renamed = await _rename_v1(redis)
-                await redis.set(keys.SCHEMA_VERSION_KEY, keys.SCHEMA_VERSION)
-                log.info("renamed %d Redis keys to schema %d", renamed, keys.SCHEMA_VERSION)
+            await _migrate_from(redis, int(await redis.get(keys.SCHEMA_VERSION_KEY) or 0))
         finally:
             if as_text(await redis.get(keys.MIGRATION_LOCK_KEY) or b"") == token:
                 await redis.delete(keys.MIGRATION_LOCK_KEY)
+
+
+async def _migrate_from(redis: Redis, version: int) -> None:
+    if version >= keys.SCHEMA_VERSION:
+        return
+    if version < 2:
+        renamed = await _rename_v1(redis)
+        log.info("renamed %d Redis keys to schema 2", renamed)
+    if version < 3:
+        indexed = await _add_rooms(redis)
+        log.info("indexed %d users and set up room general for schema 3", indexed)
+    await redis.set(keys.SCHEMA_VERSION_KEY, keys.SCHEMA_VERSION)
+
+
+async def _add_rooms(redis: Redis) -> int:
+    indexed = await index_all_users(redis)
+    await ensure_general(redis)
+    last_id, seq = await redis.hmget(keys.room_meta(GENERAL), ["last_id", "seq"])
+    if last_id is not None:
+        marker = f"{as_text(last_id)} {as_text(seq or b'0')}"
+        for user_id in await redis.hvals(keys.USERS_BY_EMAIL):
+            await redis.hsetnx(keys.user_read(as_text(user_id)), GENERAL, marker)
+    return indexed
 
 
 async def _rename_v1(redis: Redis) -> int:

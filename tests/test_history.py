@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from redis.asyncio import Redis
 
 from quart_chat import keys
-from quart_chat.models.messages import RoomHistory
+from quart_chat.models.messages import NotMember, RoomHistory
+from quart_chat.models.rooms import GENERAL, RoomStore
 from quart_chat.models.users import get_or_create_user
 
 
@@ -39,8 +41,8 @@ async def test_a_posted_message_is_published_with_its_stream_id(redis: Redis) ->
     finally:
         await pubsub.aclose()
     assert message is not None
-    message_id, _, frame = message["data"].decode().partition(" ")
-    assert message_id == posted.id
+    kind, message_id, author, frame = message["data"].decode().split(" ", 3)
+    assert (kind, message_id, author) == ("M", posted.id, ann.id)
     assert frame == posted.frame
     assert json.loads(frame) == {
         "type": "message",
@@ -98,3 +100,49 @@ async def test_a_retry_after_trimming_still_echoes_the_original_id(redis: Redis)
     assert not retry.created
     assert json.loads(retry.frame)["id"] == first.id
     assert json.loads(retry.frame)["text"] == "old"
+
+
+async def test_only_members_post_and_each_message_counts_in_the_room(redis: Redis) -> None:
+    store = RoomStore(redis)
+    await store.ensure_general()
+    ann = await get_or_create_user(redis, "ann@example.com")
+    bob = await get_or_create_user(redis, "bob@example.com")
+    history = RoomHistory(redis, 10000)
+    room = await store.create(ann, "private", "plans", "", [])
+    first = await history.post(room.id, ann, "one", "c1")
+    second = await history.post(room.id, ann, "two", "c2")
+    assert (first.seq, second.seq) == (1, 2)
+    stored = await store.get(room.id)
+    assert stored is not None
+    assert (stored.seq, stored.last_id) == (2, second.id)
+    # Not a member, no such room, a member of an archived room: refused, nothing stored.
+    for room_id, user in [(room.id, bob), ("nosuchroom", ann)]:
+        with pytest.raises(NotMember):
+            await history.post(room_id, user, "sneaky", "c3")
+    await store.update(room.id, ann, admin=False, name=None, topic=None, archived=True)
+    with pytest.raises(NotMember):
+        await history.post(room.id, ann, "after archiving", "c4")
+    assert await redis.xlen(keys.room_history(room.id)) == 2
+    assert not await redis.exists(keys.room_history("nosuchroom"))
+    # Everyone posts in general; the retry of a message is not counted again.
+    assert (await history.post(GENERAL, bob, "hi", "c1")).seq == 1
+    assert not (await history.post(GENERAL, bob, "hi", "c1")).created
+    general = await store.get(GENERAL)
+    assert general is not None and general.seq == 1
+
+
+async def test_the_poster_has_read_their_own_message(redis: Redis) -> None:
+    store = RoomStore(redis)
+    await store.ensure_general()
+    ann = await get_or_create_user(redis, "ann@example.com")
+    bob = await get_or_create_user(redis, "bob@example.com")
+    history = RoomHistory(redis, 10000)
+    await history.post(GENERAL, bob, "from bob", "b1")
+    mine = await history.post(GENERAL, ann, "from ann", "a1")
+    general = await store.get(GENERAL)
+    assert general is not None
+    states = await store.read_states(ann.id, [GENERAL])
+    assert states[GENERAL].read_id == mine.id
+    assert store.viewer_fields(general, states[GENERAL])["unread"] == 0
+    bob_state = (await store.read_states(bob.id, [GENERAL]))[GENERAL]
+    assert store.viewer_fields(general, bob_state)["unread"] == 1

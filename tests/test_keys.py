@@ -47,12 +47,34 @@ def test_a_rooms_and_a_users_keys_share_one_slot(ident: str) -> None:
         keys.room_channel(ident),
         keys.sent_message(ident, "u1", "client {id}"),
         keys.sent_message(ident, "u2", ""),
+        keys.room_meta(ident),
+        keys.room_members(ident),
     ]
     assert len({slot(name) for name in room}) == 1
     assert keys.room_of_channel(keys.room_channel(ident)) == ident
-    user = [keys.user_profile(ident), *(keys.user_rate_limit(ident, a) for a in ("send", "x"))]
+    assert keys.room_of_channel(keys.user_channel(ident)) is None
+    user = [
+        keys.user_profile(ident),
+        *(keys.user_rate_limit(ident, a) for a in ("send", "x")),
+        keys.user_rooms(ident),
+        keys.user_read(ident),
+        keys.user_sessions(ident),
+        keys.user_channel(ident),
+    ]
     assert len({slot(name) for name in user}) == 1
-    assert all(keys.is_known_key(name) for name in [*room[:1], *room[2:], *user])
+    assert keys.user_of_channel(keys.user_channel(ident)) == ident
+    assert keys.user_of_channel(keys.room_channel(ident)) is None
+    stored = [*room[:1], *room[2:], *user[:-1]]
+    assert all(keys.is_known_key(name) for name in stored)
+    # Channels are not keys: nothing stored may be named like one.
+    assert not keys.is_known_key(keys.room_channel(ident))
+    assert not keys.is_known_key(keys.user_channel(ident))
+
+
+def test_global_indexes_are_known_names() -> None:
+    for name in (keys.USERS_NAMES, keys.ROOMS_PUBLIC, keys.ROOMS_NAMES, keys.ROOMS_DIRECT):
+        assert keys.is_known_key(name)
+    assert not keys.is_known_key(keys.USERS_CHANNEL)
 
 
 def test_shared_structures_share_their_slots() -> None:
@@ -71,12 +93,13 @@ def kind(name: str) -> str:
 
 
 # Scripts that touch more than one slot today, by the groups of what they touch
-# (see the report of this change and issue 16): a code is issued and its mail
-# queued in one step; a first login claims the address in the global index;
+# (see keys.py's docstring and issue 16): a code is issued and its mail
+# queued in one step; a first login claims the address in the global index,
+# indexes the name and starts the read marker at general's newest message;
 # presence announces on the global presence channel.
 CROSS_SLOT = {
     frozenset({"login", "mail"}),
-    frozenset({keys.USERS_BY_EMAIL, "user"}),
+    frozenset({keys.USERS_BY_EMAIL, "user", keys.USERS_NAMES, "room"}),
     frozenset({"presence", keys.PRESENCE_CHANNEL}),
 }
 # Commands whose every argument is a key; for the rest, the first argument is.
@@ -101,8 +124,9 @@ def names_of(args: list[str]) -> list[str]:
 
 def is_channel(name: str) -> bool:
     return (
-        name in {keys.PRESENCE_CHANNEL, keys.SESSION_REVOKED_CHANNEL}
+        name in {keys.PRESENCE_CHANNEL, keys.SESSION_REVOKED_CHANNEL, keys.USERS_CHANNEL}
         or keys.room_of_channel(name) is not None
+        or keys.user_of_channel(name) is not None
     )
 
 

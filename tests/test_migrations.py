@@ -65,6 +65,13 @@ async def test_an_upgraded_redis_keeps_history_sessions_users_and_lockouts(
     assert 0 < await redis.ttl(keys.login_code_failures("bob@example.com")) <= 86400
     assert int(await redis.get(keys.user_rate_limit(USER_ID, "send")) or 0) >= 2
     assert await redis.xlen(keys.room_history("general")) == 1
+    # Schema 3: ann is in the directory, general counts the message stored
+    # before and ann has read it.
+    assert await redis.zrange(keys.USERS_NAMES, 0, -1) == [f"ann\x00{USER_ID}".encode()]
+    meta = await redis.hgetall(keys.room_meta("general"))
+    assert (meta[b"kind"], meta[b"name"], meta[b"archived"]) == (b"public", b"general", b"0")
+    assert (meta[b"seq"], meta[b"last_id"]) == (b"1", message_id.encode())
+    assert await redis.hget(keys.user_read(USER_ID), "general") == f"{message_id} 1".encode()
     names = sorted(key.decode() for key in await redis.keys("*"))
     assert [name for name in names if not keys.is_known_key(name)] == []
     assert int(await redis.get(keys.SCHEMA_VERSION_KEY) or 0) == keys.SCHEMA_VERSION
@@ -108,3 +115,35 @@ async def test_concurrent_starts_migrate_once_and_queued_mail_keeps_its_names(
     await redis.set("history:general", "not ours")
     await migrate(redis)
     assert await redis.get("history:general") == b"not ours"
+
+
+async def test_a_schema_2_redis_gets_the_directory_and_generals_meta(redis: Redis) -> None:
+    """Users and messages written under schema 2 (hash-tagged names, no rooms)."""
+    await redis.set(keys.SCHEMA_VERSION_KEY, 2)
+    people = {"0000000000000001": "ann", "0000000000000002": "Bob"}
+    for user_id, name in people.items():
+        email = f"{name.lower()}@example.com"
+        await redis.hset(keys.user_profile(user_id), mapping={"email": email, "name": name})
+        await redis.hset(keys.USERS_BY_EMAIL, email, user_id)
+    history = keys.room_history("general")
+    ids = [
+        (await redis.xadd(history, {"user": "0000000000000001", "name": "ann", "text": f"m{n}"}))
+        for n in range(3)
+    ]
+    # Bob read the first message under a later release that crashed half-way: kept.
+    await redis.hset(keys.user_read("0000000000000002"), "general", f"{ids[0].decode()} 1")
+
+    await asyncio.gather(migrate(redis), migrate(redis))
+
+    assert await redis.zrange(keys.USERS_NAMES, 0, -1) == [
+        b"ann\x000000000000000001",
+        b"bob\x000000000000000002",
+    ]
+    assert await redis.hmget(keys.room_meta("general"), ["seq", "last_id"]) == [b"3", ids[-1]]
+    assert await redis.hget(keys.user_read("0000000000000001"), "general") == ids[-1] + b" 3"
+    assert await redis.hget(keys.user_read("0000000000000002"), "general") == ids[0] + b" 1"
+    assert await redis.hget(keys.ROOMS_NAMES, "general") == b"general"
+    assert await redis.smembers(keys.ROOMS_PUBLIC) == {b"general"}
+    assert int(await redis.get(keys.SCHEMA_VERSION_KEY) or 0) == keys.SCHEMA_VERSION
+    names = [key.decode() for key in await redis.keys("*")]
+    assert [name for name in names if not keys.is_known_key(name)] == []

@@ -1,10 +1,12 @@
 """Durable room history: one capped Redis Stream per room; a message's id is its stream id.
 
-Posting is one Lua script, so storing and announcing a message is atomic:
-the stream append, the idempotency record and the pub/sub publish happen in
-one step. That gives two guarantees the live path relies on: messages are
-published in stream order, and a message is never live before it is stored
-(so a client that reads the backlog after subscribing misses nothing).
+Posting is one Lua script, so checking, storing and announcing a message is
+atomic: the membership check, the stream append, the room's message count
+(`seq`, stored in the entry too) and newest id, the idempotency record and the
+pub/sub publish happen in one step. That gives the guarantees the live path
+relies on: messages are published in stream order, a message is never live
+before it is stored (so a client that reads the backlog after subscribing
+misses nothing), and nobody removed from a room can post to it a moment later.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from redis.asyncio import Redis
 from .. import keys
 from ..realtime.protocol import encode, stream_id_key
 from ..storage import Commands, as_text, script
+from .rooms import GENERAL, advance_read
 from .users import User
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -30,23 +33,37 @@ JOIN_LAST = 50
 JOIN_BACKLOG_MAX = 1000
 
 # KEYS: stream, idempotency key, channel (a channel, not a key, but named here
-#       so that all three share the room's slot).
+#       so that it shares the room's slot), the room's meta, its members.
 # ARGV: max length, user id, user name, text, client id, room as JSON,
-#       the message JSON after its opening brace, idempotency TTL.
-# The live frame is built here because only XADD knows the id; the worker
-# prepends "<id> " so listeners can order frames without parsing JSON.
+#       the message JSON after its opening brace, idempotency TTL,
+#       "1" to check membership (every room but general).
+# The live frame is built here because only XADD knows the id. The channel
+# payload is "M <id> <author id> <frame>" (see realtime/protocol.py), so that
+# listeners can order and attribute frames without parsing JSON.
+# Returns {-1} when the user may not post there (not a member, no such room,
+# archived), {0, original id} for a retry, {1, id, frame, seq} for a new message.
 _POST = """
+if ARGV[9] == '1' and (redis.call('HGET', KEYS[4], 'archived') ~= '0'
+    or redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0) then
+  return {-1}
+end
 local existing = redis.call('GET', KEYS[2])
 if existing then return {0, existing} end
+local seq = redis.call('HINCRBY', KEYS[4], 'seq', 1)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-  'user', ARGV[2], 'name', ARGV[3], 'text', ARGV[4], 'client_id', ARGV[5])
+  'user', ARGV[2], 'name', ARGV[3], 'text', ARGV[4], 'client_id', ARGV[5], 'seq', seq)
+redis.call('HSET', KEYS[4], 'last_id', id)
 redis.call('SET', KEYS[2], id, 'EX', ARGV[8])
 local ts = string.match(id, '^%d+')
 local frame = '{"type":"message","room":' .. ARGV[6] .. ',"id":"' .. id .. '","ts":' .. ts
   .. ',' .. ARGV[7]
-redis.call('PUBLISH', KEYS[3], id .. ' ' .. frame)
-return {1, id, frame}
+redis.call('PUBLISH', KEYS[3], 'M ' .. id .. ' ' .. ARGV[2] .. ' ' .. frame)
+return {1, id, frame, seq}
 """
+
+
+class NotMember(Exception):
+    """The poster is not a member of the room, or it does not exist or is archived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,8 @@ class Posted:
     id: str
     frame: str
     created: bool
+    # The room's message count at this message; None for a retry's echo.
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +95,20 @@ class RoomHistory:
         self._post = script(redis, _POST)
 
     async def post(self, room: str, user: User, text: str, client_id: str) -> Posted:
-        """Store and publish a message once per (user, client_id); a retry returns the original."""
+        """Store and publish a message once per (user, client_id); a retry returns the original.
+
+        Raises `NotMember` if the user may not post in the room. The poster has
+        read their own message: their read marker moves to it, so their own
+        messages never count as unread.
+        """
         tail = encode({"user": user.public(), "text": text, "client_id": client_id})[1:]
         result = await self._post(
             keys=[
                 keys.room_history(room),
                 keys.sent_message(room, user.id, client_id),
                 keys.room_channel(room),
+                keys.room_meta(room),
+                keys.room_members(room),
             ],
             args=[
                 self.max_per_room,
@@ -93,11 +119,16 @@ class RoomHistory:
                 encode(room),
                 tail,
                 IDEMPOTENCY_SECONDS,
+                "0" if room == GENERAL else "1",
             ],
         )
+        if int(result[0]) == -1:
+            raise NotMember(room)
         message_id = as_text(result[1])
         if int(result[0]) == 1:
-            return Posted(message_id, as_text(result[2]), created=True)
+            seq = int(result[3])
+            await advance_read(self.redis, user.id, room, message_id, seq)
+            return Posted(message_id, as_text(result[2]), created=True, seq=seq)
         original = await self.get(room, message_id)
         if original is None:
             # Trimmed from the stream since: echo the retry itself under the original id.

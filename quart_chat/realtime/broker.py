@@ -334,7 +334,7 @@ class Broker:
     # -- fan-out -------------------------------------------------------------
 
     def _fan_out_room(self, room: str, payload: str) -> None:
-        message_id, _, frame = payload.partition(" ")
+        _, message_id, _, frame = payload.split(" ", 3)  # "M <id> <author id> <frame>"
         for subscriber in self._rooms.get(room, ()):
             subscriber.deliver(frame)
         joining = self._joining.get(room)

@@ -1,11 +1,18 @@
 """One chat WebSocket after its handshake: the `ready` frame, then its frames one at a time.
 
 The task the server runs the socket in reads and serves client frames; frames
-to the client go through the socket's `Subscriber`, whose outbox is drained by
-a task that exists only while there is something to send. A server-side close
-(`Subscriber.close`: logout, a full outbox, Redis lost) cancels the serving
-task, which then returns the close code; the client leaving ends the loop.
-Cleanup is synchronous and in `finally`, so it runs on every path.
+to the client go through the socket's `Outbox`, whose queue is drained by a
+task that exists only while there is something to send. A server-side close
+(`Outbox.close`: logout, a full outbox, Redis lost) cancels the serving task,
+which then returns the close code; the client leaving ends the loop. Cleanup
+is synchronous and in `finally`, so it runs on every path.
+
+Every frame about a room is authorised against Redis when it arrives (like a
+Campfire channel subscription, but per frame): a user removed a moment ago
+gets `not_allowed`, with the same text whether or not the room exists.
+Models change Redis; the frames that tell other sockets are published here,
+after the model call, on the room's channel, the users' channels or
+`chat:users`.
 """
 
 from __future__ import annotations
@@ -14,34 +21,74 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Page
-from ..models.sessions import session_exists
-from ..models.users import User
+from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, NotMember, Page
+from ..models.rooms import GENERAL, ReadState, Room, RoomError
+from ..models.sessions import revoke_user_sessions, session_exists
+from ..models.users import (
+    InvalidName,
+    User,
+    is_admin,
+    search_people,
+    set_deactivated,
+    set_name,
+)
 from ..ratelimit import hit_limit
 from ..storage import is_refusal, raise_if_cancelled
-from .broker import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Subscriber
 from .hub import ChatHub
+from .outbox import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Outbox
 from .protocol import (
     BAD_REQUEST,
-    PONG,
+    EVENT_ADDED,
+    EVENT_ARCHIVED,
+    EVENT_FRAME,
+    EVENT_LEFT,
+    EVENT_REMOVED,
+    EVENT_ROOM,
+    NO_SUCH_ROOM,
+    NOT_ALLOWED,
     RATE_LIMITED,
-    ROOMS,
     UNAVAILABLE,
     ClientFrame,
+    DmOpen,
     FrameError,
     History,
     Join,
+    Members,
+    People,
     Ping,
+    Profile,
+    Read,
+    RoomCreate,
+    RoomInvite,
+    RoomJoin,
+    RoomLeave,
+    RoomRemove,
+    RoomsBrowse,
+    RoomUpdate,
     Send,
     Typing,
-    encode,
+    UserDeactivate,
+    UserReactivate,
+    event_payload,
+    history_frame,
+    members_frame,
+    ok_frame,
     parse_frame,
+    people_frame,
+    pong_frame,
+    read_frame,
+    ready_frame,
+    room_frame,
+    room_removed_frame,
+    rooms_frame,
+    user_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -63,10 +110,10 @@ class ChatConnection:
         "_backlog_window_end",
         "_ponged",
         "_receive",
+        "admin",
         "hub",
+        "outbox",
         "session_id",
-        "subscriber",
-        "user",
     )
 
     def __init__(
@@ -78,108 +125,219 @@ class ChatConnection:
         receive: ASGIReceiveCallable,
     ) -> None:
         self.hub = hub
-        self.user = user
         self.session_id = session_id
+        self.admin = is_admin(hub.settings, user)
         self._receive = receive
         self._ponged = 0.0
-        self.subscriber = Subscriber(session_id, send)
+        self.outbox = Outbox(user, session_id, send)
         self._backlog_count = 0
         self._backlog_window_end = 0.0
 
+    @property
+    def user(self) -> User:
+        """The user as of now: a rename on any tab reaches this socket's outbox."""
+        return self.outbox.user
+
     async def serve(self) -> int | None:
         """Run until the server closes the socket (returns the close code) or the client leaves."""
-        hub, subscriber = self.hub, self.subscriber
+        hub, outbox = self.hub, self.outbox
+        user = outbox.user
         task = asyncio.current_task()
         assert task is not None
-        subscriber.attach(task)
-        hub.broker.register(subscriber)
-        hub.presence.add(self.user)
+        outbox.attach(task)
+        hub.fanout.add(outbox)
+        if not hub.bus.subscribed:
+            outbox.close(CLOSE_SERVER_ERROR)  # this worker has lost Redis
+        hub.presence.add(user)
         try:
             await self._send_ready()
             await self._receive_loop()
         except asyncio.CancelledError:
-            # `Subscriber.close` cancelled us; any other cancellation goes on up.
-            if subscriber.close_code is None or task.uncancel() > 0:
+            # `Outbox.close` cancelled us; any other cancellation goes on up.
+            if outbox.close_code is None or task.uncancel() > 0:
                 raise
         finally:
-            hub.broker.unregister(subscriber)
-            hub.presence.remove(self.user)
-            subscriber.stop()
-        return subscriber.close_code
+            hub.fanout.remove(outbox)
+            hub.presence.remove(user)
+            outbox.stop()
+        return outbox.close_code
+
+    # -- ready --------------------------------------------------------------------
 
     async def _send_ready(self) -> None:
-        """Start sending with the first frame, ahead of anything the broker delivered meanwhile."""
-        if self.subscriber.close_code is not None:
-            return  # `register` refused it: this worker has lost Redis
+        """`ready` once the user's channel and their rooms' channels are confirmed, so
+        nothing published after the counts in it were read can be missed."""
+        outbox = self.outbox
+        if outbox.close_code is not None:
+            return
         try:
-            # A logout announced between the handshake and `register` was missed.
-            if not await session_exists(self.hub.pipelined, self.session_id):
-                self.subscriber.close(CLOSE_LOGGED_OUT)
+            rooms = await self._watch_rooms()
+            if rooms is None:
                 return
             online = await self.hub.presence.online_json()
         except (RedisError, OSError):
-            self.subscriber.close(CLOSE_SERVER_ERROR)
+            outbox.close(CLOSE_SERVER_ERROR)
             return
         raise_if_cancelled()
-        # Spliced in as text: the list is encoded once per change, not per socket.
-        user = encode({"type": "ready", "user": self.user.public(), "rooms": list(ROOMS)})
-        self.subscriber.start(f'{user[:-1]},"online":{online}}}')
+        user = {**self.user.public(), "admin": self.admin}
+        outbox.start(ready_frame(user, rooms, online))
+
+    async def _watch_rooms(self) -> list[dict[str, Any]] | None:
+        """Subscribe what the user's sockets need, then read their rooms as of then."""
+        hub, user = self.hub, self.user
+        fanout = hub.fanout
+        await hub.bus.ensure([keys.user_channel(user.id)])
+        # A logout announced between the handshake and `add` was missed.
+        if not await session_exists(hub.pipelined, self.session_id):
+            self.outbox.close(CLOSE_LOGGED_OUT)
+            return None
+        load = fanout.begin_load(user.id)
+        try:
+            first = await hub.rooms.rooms_of(user)
+        finally:
+            fanout.abandon_load(load)
+        fanout.finish_load(load, [room.id for room in first])
+        # Read again once the rooms' channels are confirmed: a message posted in
+        # between is then in the counts or bumps the client (or both: the client
+        # ignores a bump at or below the room's `last_id`), never in neither.
+        await hub.bus.ensure(fanout.channels_of(user.id))
+        rooms = await hub.rooms.rooms_of(user)
+        states = await hub.rooms.read_states(user.id, [room.id for room in rooms])
+        rooms.sort(key=lambda room: (room.id != GENERAL, room.public(user)["name"].casefold()))
+        return [self._viewed(room, states.get(room.id)) for room in rooms]
+
+    def _viewed(self, room: Room, state: ReadState | None, viewer: User | None = None) -> dict[str, Any]:
+        """The room object with the viewer's own fields (`unread`, `read_id`, ...)."""
+        viewer = viewer or self.user
+        if state is None:
+            state = ReadState(room.last_id, room.seq)
+        return {**room.public(viewer), **self.hub.rooms.viewer_fields(room, state)}
+
+    # -- frames -------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         max_chars = self.hub.settings.message_max_chars
-        receive, subscriber = self._receive, self.subscriber
-        while subscriber.close_code is None:
+        receive, outbox = self._receive, self.outbox
+        while outbox.close_code is None:
             event: Any = await receive()
             kind = event["type"]
             if kind == "websocket.disconnect":
                 return
             if kind != "websocket.receive":
                 continue  # `websocket.connect`, which servers send first
-            subscriber.heard = time.monotonic()
+            outbox.heard = time.monotonic()
             raw = event.get("text")
             if raw is None:
                 raw = event.get("bytes") or b""
             try:
                 await self._handle(parse_frame(raw, max_chars))
             except FrameError as error:
-                subscriber.deliver(error.frame())
+                outbox.deliver(error.frame())
             raise_if_cancelled()
             # Frames that arrived together are read without yielding, so
             # answers to a flood would fill the outbox (closing it with 1013)
             # before the first is sent. Waiting here instead leaves the rest
             # unread, and TCP slows the client down.
-            await subscriber.wait_half_empty()
+            await outbox.wait_half_empty()
 
     async def _handle(self, frame: ClientFrame) -> None:
         if isinstance(frame, Ping):
-            self._pong()
+            self._pong(frame.ref)
             return
+        client_id = frame.client_id if isinstance(frame, Send) else None
         try:
-            if isinstance(frame, Send):
-                await self._post(frame)
-            elif isinstance(frame, Join):
-                await self._join(frame)
-            elif isinstance(frame, History):
-                await self._limit_backlog()
-                page = await self.hub.history.before(frame.room, frame.before, frame.limit)
-                self.subscriber.deliver(_history_frame(frame.room, page))
-            elif isinstance(frame, Typing):
-                pass  # accepted and ignored until typing indicators exist
+            await self._serve(frame)
+        except RoomError as error:
+            raise FrameError(error.code, error.message, client_id, frame.ref) from None
+        except InvalidName as error:
+            raise FrameError(BAD_REQUEST, str(error), ref=frame.ref) from None
         except (RedisError, OSError) as error:
-            client_id = frame.client_id if isinstance(frame, Send) else None
             if isinstance(error, RedisError) and is_refusal(error):
                 # The frame passed validation, so this is a gap in it: worth a look.
                 log.warning("Redis refused a %s frame: %s", type(frame).__name__, error)
                 raise FrameError(
-                    BAD_REQUEST, "the server cannot serve this request", client_id
+                    BAD_REQUEST, "the server cannot serve this request", client_id, frame.ref
                 ) from None
-            raise FrameError(UNAVAILABLE, "storage is unavailable, try again", client_id) from None
+            raise FrameError(
+                UNAVAILABLE, "storage is unavailable, try again", client_id, frame.ref
+            ) from None
 
-    def _pong(self) -> None:
-        now = self.subscriber.heard
+    async def _serve(self, frame: ClientFrame) -> None:  # noqa: C901 - a table of frames
+        match frame:
+            case Send():
+                await self._post(frame)
+            case Join():
+                await self._join(frame)
+            case History():
+                await self._history(frame)
+            case Typing():
+                await self._authorise(frame.room, frame.ref)  # shown from issue 15
+            case Read():
+                await self._read(frame)
+            case Members():
+                await self._authorise(frame.room, frame.ref)
+                users = await self.hub.rooms.members(frame.room)
+                self.outbox.deliver(
+                    members_frame(frame.room, [u.public() for u in users], frame.ref)
+                )
+            case RoomCreate():
+                await self._room_create(frame)
+            case RoomJoin():
+                await self._room_join(frame)
+            case RoomLeave():
+                await self._room_leave(frame)
+            case RoomInvite():
+                await self._room_invite(frame)
+            case RoomRemove():
+                await self._room_remove(frame)
+            case RoomUpdate():
+                await self._room_update(frame)
+            case DmOpen():
+                await self._dm_open(frame)
+            case RoomsBrowse():
+                found = await self.hub.rooms.browse(self.user.id, frame.q)
+                listed = [{**room.public(self.user), "member": member} for room, member in found]
+                self.outbox.deliver(rooms_frame(listed, frame.ref))
+            case People():
+                users = await search_people(self.hub.pipelined, frame.q)
+                self.outbox.deliver(people_frame([u.public() for u in users], frame.ref))
+            case Profile():
+                await self._profile(frame)
+            case UserDeactivate() | UserReactivate():
+                await self._set_deactivated(frame)
+            case Ping():
+                self._pong(frame.ref)
+
+    def _pong(self, ref: str | None) -> None:
+        now = self.outbox.heard
         if now - self._ponged >= PONG_INTERVAL_SECONDS:
             self._ponged = now
-            self.subscriber.deliver(PONG)
+            self.outbox.deliver(pong_frame(ref))
+
+    async def _authorise(self, room: str, ref: str | None, client_id: str | None = None) -> None:
+        """Redis says the user is a member of `room` (which exists), or `not_allowed`.
+
+        Also records the membership locally: channel events may still be on their
+        way. Removal events seen while Redis is asked win over its answer.
+        """
+        fanout, user_id = self.hub.fanout, self.user.id
+        load = fanout.begin_load(user_id)
+        try:
+            member = await self.hub.rooms.is_member(room, user_id)
+        finally:
+            fanout.abandon_load(load)
+        if not member:
+            raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, client_id, ref)
+        fanout.finish_load(load, [room])
+
+    async def _publish(self, *messages: tuple[str, str]) -> None:
+        """(channel, payload) pairs, in order, in one round trip."""
+        async with self.hub.redis.pipeline(transaction=False) as pipe:
+            for channel, payload in messages:
+                pipe.publish(channel, payload)
+            await pipe.execute()
+
+    # -- messages -------------------------------------------------------------------
 
     async def _post(self, frame: Send) -> None:
         hub = self.hub
@@ -191,15 +349,31 @@ class ChatConnection:
         )
         if retry_after is not None:
             raise FrameError(
-                RATE_LIMITED, "too many messages", frame.client_id, retry_after=retry_after
+                RATE_LIMITED,
+                "too many messages",
+                frame.client_id,
+                frame.ref,
+                retry_after=retry_after,
             )
-        posted = await hub.history.post(frame.room, self.user, frame.text, frame.client_id)
+        # Membership is checked by the post script, in the same step as the store.
+        try:
+            posted = await hub.history.post(frame.room, self.user, frame.text, frame.client_id)
+        except NotMember:
+            raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, frame.client_id, frame.ref) from None
         # A new message reaches its sender through the room like everyone else's;
-        # a retry, or a sender outside the room, gets the echo directly.
-        if not posted.created or not hub.broker.in_room(self.subscriber, frame.room):
-            self.subscriber.deliver(posted.frame)
+        # a retry, or a socket that has not joined the room, gets the echo directly.
+        if not posted.created or not hub.fanout.is_joined(self.outbox, frame.room):
+            self.outbox.deliver(posted.frame)
 
-    async def _limit_backlog(self) -> None:
+    async def _history(self, frame: History) -> None:
+        await self._authorise(frame.room, frame.ref)
+        await self._limit_backlog(frame.ref)
+        page = await self.hub.history.before(frame.room, frame.before, frame.limit)
+        self.outbox.deliver(
+            history_frame(frame.room, page.messages, page.has_more, ref=frame.ref)
+        )
+
+    async def _limit_backlog(self, ref: str | None) -> None:
         """Count a backlog-producing request against the socket's and the user's limits."""
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -221,58 +395,233 @@ class ChatConnection:
             raise FrameError(
                 RATE_LIMITED,
                 f"too many join and history requests; try again in {retry_after} s",
+                ref=ref,
                 retry_after=retry_after,
             )
 
     async def _join(self, frame: Join) -> None:
         """Backlog, then live, with nothing lost or repeated in between.
 
-        Live frames are buffered from before the backlog is read; once it is
-        sent, those not already in it are delivered and the room goes live.
+        The room's channel is confirmed first, then live frames are buffered
+        from before the backlog is read; once it is sent, those not already in
+        it are delivered and the room goes live.
         """
-        broker, history, subscriber = self.hub.broker, self.hub.history, self.subscriber
-        if broker.in_room(subscriber, frame.room):
+        fanout, history, outbox, room = self.hub.fanout, self.hub.history, self.outbox, frame.room
+        await self._authorise(room, frame.ref)
+        if fanout.is_joined(outbox, room):
             # It would only send the backlog again: the amplification of issue 12.
-            raise FrameError(BAD_REQUEST, "already joined; use history for older messages")
-        # Buffering starts before any await, so a message published while the
-        # limit is checked is not missed.
-        broker.begin_join(subscriber, frame.room)
+            raise FrameError(
+                BAD_REQUEST, "already joined; use history for older messages", ref=frame.ref
+            )
+        await self._limit_backlog(frame.ref)
+        if not await self.hub.bus.ensure([keys.room_channel(room)]) or not fanout.begin_join(
+            outbox, room
+        ):
+            raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, ref=frame.ref)  # removed meanwhile
         try:
-            await self._limit_backlog()
-            if frame.after is None:
-                page = await history.before(frame.room, None, JOIN_LAST)
-                subscriber.deliver(_history_frame(frame.room, page))
-                last_id = page.last_id
-            else:
-                backlog = await history.newest_after(frame.room, frame.after, JOIN_BACKLOG_MAX + 1)
-                if len(backlog) > JOIN_BACKLOG_MAX:
-                    # Too far behind to replay: start over from the newest, like a fresh join.
-                    page = Page(backlog[-JOIN_LAST:], has_more=True)
-                    subscriber.deliver(_history_frame(frame.room, page, reset=True))
-                    last_id = page.last_id
-                else:
-                    last_id = backlog[-1]["id"] if backlog else frame.after
-                    await self._deliver_pages(frame.room, backlog)
+            last_id = await self._backlog(frame)
         except BaseException:
-            broker.abandon_join(subscriber, frame.room)
+            fanout.abandon_join(outbox, room)
             raise
-        broker.finish_join(subscriber, frame.room, last_id)
+        fanout.finish_join(outbox, room, last_id)
 
-    async def _deliver_pages(self, room: str, messages: list[dict[str, Any]]) -> None:
+    async def _backlog(self, frame: Join) -> str | None:
+        """Send the backlog of a join; the id of its last message (or `after`)."""
+        history, room, ref = self.hub.history, frame.room, frame.ref
+        if frame.after is None:
+            page = await history.before(room, None, JOIN_LAST)
+            self._deliver_joining(room, history_frame(room, page.messages, page.has_more, ref=ref))
+            return page.last_id
+        backlog = await history.newest_after(room, frame.after, JOIN_BACKLOG_MAX + 1)
+        if len(backlog) > JOIN_BACKLOG_MAX:
+            # Too far behind to replay: start over from the newest, like a fresh join.
+            page = Page(backlog[-JOIN_LAST:], has_more=True)
+            self._deliver_joining(
+                room, history_frame(room, page.messages, True, reset=True, ref=ref)
+            )
+            return page.last_id
+        await self._deliver_pages(room, backlog, ref)
+        return backlog[-1]["id"] if backlog else frame.after
+
+    def _deliver_joining(self, room: str, frame: str) -> None:
+        """Only while the join is on: a user removed meanwhile gets no more of the room."""
+        if self.hub.fanout.is_joining(self.outbox, room):
+            self.outbox.deliver(frame)
+
+    async def _deliver_pages(
+        self, room: str, messages: list[dict[str, Any]], ref: str | None
+    ) -> None:
         """`messages` as history frames of up to JOIN_PAGE, `has_more` on all but the last;
         paced so live frames still fit in the outbox."""
-        subscriber = self.subscriber
         starts = range(0, len(messages), JOIN_PAGE) if messages else range(1)
         for start in starts:
             if start:
-                await subscriber.wait_half_empty()
+                await self.outbox.wait_half_empty()
             end = start + JOIN_PAGE
-            page = Page(messages[start:end], has_more=end < len(messages))
-            subscriber.deliver(_history_frame(room, page))
+            page = messages[start:end]
+            self._deliver_joining(room, history_frame(room, page, end < len(messages), ref=ref))
 
+    async def _read(self, frame: Read) -> None:
+        """Move the read marker forward; the user's every socket hears it (this one too)."""
+        await self._authorise(frame.room, frame.ref)
+        rooms, user_id = self.hub.rooms, self.user.id
+        state = await rooms.mark_read(user_id, frame.room, frame.id)
+        room = await rooms.get(frame.room) if state is not None else None
+        if state is not None and room is not None:
+            fields = rooms.viewer_fields(room, state)
+            read = read_frame(
+                frame.room, state.read_id or frame.id, fields["unread"], fields["mentions"]
+            )
+            await self._publish((keys.user_channel(user_id), event_payload(EVENT_FRAME, None, read)))
+            self.outbox.deliver(ok_frame(frame.ref))
+        elif frame.ref is not None:
+            # Not moved: nothing to tell the other tabs, but a request that asked
+            # for an answer (`ref`) gets one.
+            self.outbox.deliver(ok_frame(frame.ref))
 
-def _history_frame(room: str, page: Page, *, reset: bool = False) -> str:
-    frame = {"type": "history", "room": room, "messages": page.messages, "has_more": page.has_more}
-    if reset:
-        frame["reset"] = True
-    return encode(frame)
+    # -- rooms --------------------------------------------------------------------
+
+    async def _becoming_member(self, change: Awaitable[Room]) -> Room:
+        """Run a model call that makes this user a member; watch the room here at once."""
+        fanout, user_id = self.hub.fanout, self.user.id
+        load = fanout.begin_load(user_id)
+        try:
+            room: Room = await change
+        finally:
+            fanout.abandon_load(load)
+        fanout.finish_load(load, [room.id])
+        return room
+
+    def _added(self, room: Room, user: User | None, user_id: str) -> tuple[str, str]:
+        """The user-channel payload that adds `room` to a new member's sockets."""
+        viewed = {
+            **room.public(user),
+            **self.hub.rooms.viewer_fields(room, ReadState(room.last_id, room.seq)),
+        }
+        return keys.user_channel(user_id), event_payload(EVENT_ADDED, room.id, room_frame(viewed))
+
+    def _room_changed(self, room: Room) -> tuple[str, str]:
+        """To the room's members: its new name, topic or member count (no viewer fields)."""
+        return keys.room_channel(room.id), event_payload(
+            EVENT_ROOM, None, room_frame(room.public())
+        )
+
+    async def _reply_room(self, room: Room, ref: str | None) -> None:
+        states = await self.hub.rooms.read_states(self.user.id, [room.id])
+        self.outbox.deliver(room_frame(self._viewed(room, states.get(room.id)), ref))
+
+    async def _room_create(self, frame: RoomCreate) -> None:
+        rooms, user = self.hub.rooms, self.user
+        room = await self._becoming_member(
+            rooms.create(user, frame.kind, frame.name, frame.topic, frame.members)
+        )
+        member_ids = await rooms.member_ids(room.id)
+        await self._publish(*(self._added(room, None, m) for m in sorted(member_ids)))
+        self.outbox.deliver(room_frame(self._viewed(room, None), frame.ref))
+
+    async def _room_join(self, frame: RoomJoin) -> None:
+        user = self.user
+        room = await self._becoming_member(self.hub.rooms.join(frame.room, user))
+        await self._publish(self._added(room, None, user.id), self._room_changed(room))
+        await self._reply_room(room, frame.ref)
+
+    async def _dm_open(self, frame: DmOpen) -> None:
+        fanout, user = self.hub.fanout, self.user
+        load = fanout.begin_load(user.id)
+        try:
+            room, created = await self.hub.rooms.open_direct(user, frame.users)
+        finally:
+            fanout.abandon_load(load)
+        fanout.finish_load(load, [room.id])
+        if created:
+            await self._publish(*(self._added(room, m, m.id) for m in room.members))
+        await self._reply_room(room, frame.ref)
+
+    async def _room_leave(self, frame: RoomLeave) -> None:
+        user_id = self.user.id
+        room = await self.hub.rooms.leave(frame.room, self.user)
+        await self._drop_member(room, user_id, EVENT_LEFT, "left")
+        self.outbox.deliver(ok_frame(frame.ref))
+
+    async def _room_remove(self, frame: RoomRemove) -> None:
+        room = await self.hub.rooms.remove(frame.room, self.user, frame.user, admin=self.admin)
+        await self._drop_member(room, frame.user, EVENT_REMOVED, "removed")
+        self.outbox.deliver(ok_frame(frame.ref))
+
+    async def _drop_member(self, room: Room, user_id: str, event: str, reason: str) -> None:
+        """Stop the room's frames to that user's sockets here now, elsewhere by their
+        channels; the other members get the new member count."""
+        removed = room_removed_frame(room.id, reason)
+        room_event = event_payload(event, user_id, removed)
+        self.hub.fanout.room_payload(room.id, room_event)
+        await self._publish(
+            (keys.room_channel(room.id), room_event),
+            (keys.user_channel(user_id), event_payload(EVENT_REMOVED, room.id, removed)),
+            self._room_changed(room),
+        )
+
+    async def _room_invite(self, frame: RoomInvite) -> None:
+        room = await self.hub.rooms.invite(frame.room, self.user, frame.user)
+        await self._publish(self._added(room, None, frame.user), self._room_changed(room))
+        self.outbox.deliver(ok_frame(frame.ref))
+
+    async def _room_update(self, frame: RoomUpdate) -> None:
+        rooms = self.hub.rooms
+        room = await rooms.update(
+            frame.room,
+            self.user,
+            admin=self.admin,
+            name=frame.name,
+            topic=frame.topic,
+            archived=frame.archived,
+        )
+        if room.archived:
+            archived = event_payload(
+                EVENT_ARCHIVED, None, room_removed_frame(room.id, "archived")
+            )
+            self.hub.fanout.room_payload(room.id, archived)
+            await self._publish((keys.room_channel(room.id), archived))
+        elif frame.archived is False:
+            await self._unarchived(room)
+        else:
+            await self._publish(self._room_changed(room))
+        self.outbox.deliver(ok_frame(frame.ref))
+
+    async def _unarchived(self, room: Room) -> None:
+        """Back in every member's list, with their own unread counts."""
+        rooms = self.hub.rooms
+        member_ids = sorted(await rooms.member_ids(room.id))
+        states = await asyncio.gather(*(rooms.read_states(m, [room.id]) for m in member_ids))
+        payloads = []
+        for member_id, state in zip(member_ids, states, strict=True):
+            viewed = {
+                **room.public(),
+                **rooms.viewer_fields(room, state.get(room.id) or ReadState(None, 0)),
+            }
+            payloads.append(
+                (
+                    keys.user_channel(member_id),
+                    event_payload(EVENT_ADDED, room.id, room_frame(viewed)),
+                )
+            )
+        await self._publish(*payloads)
+
+    # -- people -------------------------------------------------------------------
+
+    async def _profile(self, frame: Profile) -> None:
+        user = await set_name(self.hub.redis, self.user, frame.name)
+        self.outbox.user = user
+        await self._publish((keys.USERS_CHANNEL, user_frame(user.public())))
+        self.outbox.deliver(user_frame(user.public(), frame.ref))
+
+    async def _set_deactivated(self, frame: UserDeactivate | UserReactivate) -> None:
+        if not self.admin:
+            raise FrameError(NOT_ALLOWED, "only admins may do this", ref=frame.ref)
+        deactivate = isinstance(frame, UserDeactivate)
+        target = await set_deactivated(self.hub.redis, frame.user, deactivate)
+        if target is None:
+            raise FrameError(BAD_REQUEST, "no such user", ref=frame.ref)
+        if deactivate:
+            # Every session deleted and announced: sockets close 4401 on every worker.
+            await revoke_user_sessions(self.hub.redis, frame.user)
+        self.outbox.deliver(ok_frame(frame.ref))

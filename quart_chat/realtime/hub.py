@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
@@ -15,11 +16,15 @@ from ..config import Settings
 from ..mail import make_mailer
 from ..migrations import migrate
 from ..models.messages import RoomHistory
+from ..models.rooms import RoomStore
 from ..outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from ..presence import PresenceTracker
 from ..socketcaps import SocketCaps
 from ..storage import Pipelined, raise_if_cancelled
-from .broker import Broker
+from .bus import Bus
+from .fanout import Fanout
+from .outbox import CLOSE_SERVER_ERROR
+from .sweeps import sweep_idle, sweep_sessions
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +67,30 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
 
 
 class ChatHub:
+    """The worker's pub/sub `bus`, the `fanout` it feeds, and the models the sockets use."""
+
     def __init__(self, settings: Settings, redis: Redis, redis_url: str) -> None:
         self.settings = settings
         self.redis = redis
-        self.broker = Broker(redis_url, redis, settings.ws_idle_timeout_seconds)
-        self.presence = PresenceTracker(redis, self.broker.worker_id, keys.PRESENCE_CHANNEL)
-        self.broker.presence_observer = self.presence
-        # Handshakes, `ready` and joins read through this: a burst of them costs
-        # a round trip per pipeline, not per socket.
+        self.worker_id = secrets.token_hex(6)
+        self.bus = Bus(redis_url, self.worker_id, self._dispatch, self._bus_up, self._bus_down)
+        self.fanout = Fanout(self.bus)
+        self.presence = PresenceTracker(redis, self.worker_id, keys.PRESENCE_CHANNEL)
+        # Handshakes, `ready`, joins and the membership check of every room
+        # frame read through this: a burst of them costs a round trip per
+        # pipeline, not per socket.
         self.pipelined = Pipelined(redis)
         self.history = RoomHistory(redis, settings.history_per_room, reads=self.pipelined)
+        self.rooms = RoomStore(redis, reads=self.pipelined)
         self.outbox = MailOutbox(
             redis,
             make_mailer(settings),
-            self.broker.worker_id,
+            self.worker_id,
             claim_idle_seconds=settings.smtp_timeout_seconds + CLAIM_MARGIN_SECONDS,
         )
         self.socket_caps = SocketCaps(
             redis,
-            self.broker.worker_id,
+            self.worker_id,
             settings.max_sockets_per_user,
             settings.max_sockets_per_address,
             handshakes=self.pipelined,
@@ -97,10 +107,14 @@ class ChatHub:
                 "stays out of sight until a worker starts with Redis up",
                 error,
             )
+        try:
+            await self.rooms.ensure_general()
+        except (RedisError, OSError) as error:
+            log.error("could not create the general room (%s); the next start will", error)
         loops: dict[str, Callable[[], Awaitable[None]]] = {
-            "chat-pubsub": self.broker.listen,
-            "chat-session-sweep": self.broker.sweep_sessions,
-            "chat-idle-sweep": self.broker.sweep_idle,
+            "chat-pubsub": self.bus.listen,
+            "chat-session-sweep": lambda: sweep_sessions(self.fanout, self.pipelined),
+            "chat-idle-sweep": lambda: sweep_idle(self.fanout, self.settings.ws_idle_timeout_seconds),
             "chat-presence": self.presence.run,
             "chat-socket-caps": self.socket_caps.run,
             "mail-outbox": self.outbox.run,
@@ -111,9 +125,39 @@ class ChatHub:
         # Serve at once if Redis is down; sockets are refused until it is back.
         try:
             async with asyncio.timeout(START_WAIT_SECONDS):
-                await self.broker.wait_subscribed()
+                await self.bus.wait_subscribed()
         except TimeoutError:
             log.warning("Redis pub/sub is not ready yet; WebSockets are refused until it is")
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        """Where each pub/sub message goes: called by the bus for every one, in order."""
+        room = keys.room_of_channel(channel)
+        if room is not None:
+            self.fanout.room_payload(room, data)
+            return
+        user_id = keys.user_of_channel(channel)
+        if user_id is not None:
+            self.fanout.user_payload(user_id, data)
+        elif channel == keys.PRESENCE_CHANNEL:
+            # Started sockets only: the `ready` of the others, still to come,
+            # lists everyone as of this announcement (`PresenceTracker.online`).
+            self.presence.observe(data)
+            self.fanout.broadcast(data)
+        elif channel == keys.SESSION_REVOKED_CHANNEL:
+            self.fanout.close_session(data)
+        elif channel == keys.USERS_CHANNEL:
+            self.fanout.user_changed(data)
+        else:
+            log.warning("ignored a message on channel %s", channel)
+
+    def _bus_up(self) -> None:
+        self.presence.pubsub_up()
+
+    def _bus_down(self) -> None:
+        """Every socket may have missed messages: close them all; clients reconnect and
+        `join after` what they have."""
+        self.presence.pubsub_down()
+        self.fanout.close_every(CLOSE_SERVER_ERROR)
 
     async def stop(self) -> None:
         for task in self._tasks:

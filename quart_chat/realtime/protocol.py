@@ -1,21 +1,43 @@
-"""The WebSocket protocol (SPEC §5): client frames parsed into dataclasses, server frames encoded.
+"""The WebSocket protocol (SPEC §5, §8): client frames parsed into dataclasses, EVERY server
+frame built here, and the pub/sub payloads the workers exchange.
 
 Parsing never raises anything but `FrameError`, which the connection turns into
-an `error` frame; a bad frame never closes the socket.
+an `error` frame; a bad frame never closes the socket. Every client frame may
+carry `ref` (a string of at most 64 chars), copied onto its direct reply or error.
+
+Pub/sub payloads (one format, built and parsed only here, and by the post
+script in models/messages.py, which is the one place a message is first made):
+- room channel `M <stream id> <author id> <message frame JSON>`: a stored message;
+- room channel `E <kind> <user id or -> <frame JSON>`: a room event
+  (`room`, `left`, `removed`, `archived`);
+- user channel `E <kind> <room id or -> <frame JSON>` (`added`, `removed`, `frame`);
+- `chat:users`: a `user` frame; `chat:presence`: a `presence` frame;
+  `chat:session-revoked`: a session id.
+Ids never contain spaces, so a payload splits without parsing its JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 DEFAULT_ROOM = "general"
-ROOMS = (DEFAULT_ROOM,)
 MAX_CLIENT_ID = 64
+MAX_REF = 64
 MAX_HISTORY_LIMIT = 100
 DEFAULT_HISTORY_LIMIT = 50
+# Room and user ids in frames: `general` or server-made ids.
+ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_CREATE_MEMBERS = 50
+MAX_DM_OTHERS = 8
+# Names and topics are checked by the models (trimmed lengths); these only bound
+# what a frame may make the server look at.
+MAX_NAME_CHARS = 1000
+MAX_QUERY_CHARS = 100
+ROOM_KINDS = ("public", "private")
 # A Redis stream id: milliseconds, a dash, a sequence number, each a 64-bit
 # unsigned integer.
 STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -40,12 +62,19 @@ RATE_LIMITED = "rate_limited"
 NOT_ALLOWED = "not_allowed"
 # Not in the SPEC's list: Redis could not be reached; the client may retry.
 UNAVAILABLE = "unavailable"
+# The one answer for a room the user may not use, whether or not it exists:
+# a private room's existence is not leaked.
+NO_SUCH_ROOM = "no such room"
+
+
+# -- client frames ------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Join:
     room: str
     after: str | None
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +82,7 @@ class Send:
     room: str
     text: str
     client_id: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,33 +90,171 @@ class History:
     room: str
     before: str | None
     limit: int
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Typing:
     room: str
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
     """The client's heartbeat: answered with `pong` on the same socket, without Redis."""
 
+    ref: str | None = None
 
-ClientFrame = Join | Send | History | Typing | Ping
+
+@dataclass(frozen=True, slots=True)
+class RoomCreate:
+    kind: str
+    name: str
+    topic: str
+    members: tuple[str, ...]
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomJoin:
+    room: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLeave:
+    room: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInvite:
+    room: str
+    user: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRemove:
+    room: str
+    user: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpdate:
+    room: str
+    name: str | None
+    topic: str | None
+    archived: bool | None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DmOpen:
+    users: tuple[str, ...]
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsBrowse:
+    q: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    room: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class People:
+    q: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    room: str
+    id: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeactivate:
+    user: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserReactivate:
+    user: str
+    ref: str | None = None
+
+
+ClientFrame = (
+    Join
+    | Send
+    | History
+    | Typing
+    | Ping
+    | RoomCreate
+    | RoomJoin
+    | RoomLeave
+    | RoomInvite
+    | RoomRemove
+    | RoomUpdate
+    | DmOpen
+    | RoomsBrowse
+    | Members
+    | People
+    | Profile
+    | Read
+    | UserDeactivate
+    | UserReactivate
+)
+# Frames about one room: each is authorised against Redis (membership) per frame.
+RoomFrame = (
+    Join
+    | Send
+    | History
+    | Typing
+    | RoomLeave
+    | RoomInvite
+    | RoomRemove
+    | RoomUpdate
+    | Members
+    | Read
+)
 
 
 class FrameError(Exception):
     """A client frame that cannot be served; becomes an `error` frame."""
 
-    def __init__(self, code: str, message: str, client_id: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        client_id: str | None = None,
+        ref: str | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.client_id = client_id
+        self.ref = ref
         self.extra = extra
 
     def frame(self) -> str:
-        return error_frame(self.code, self.message, self.client_id, **self.extra)
+        return error_frame(self.code, self.message, self.client_id, self.ref, **self.extra)
 
 
 def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
@@ -107,22 +275,38 @@ def parse_frame(raw: str | bytes, max_chars: int) -> ClientFrame:
             BAD_REQUEST,
             "frame contains invalid Unicode (an unpaired surrogate)",
             client_id if _is_client_id(client_id) and not _has_surrogate(client_id) else None,
+            _sound_ref(data),
         )
+    ref = _ref(data)
     kind = data.get("type")
-    if kind == "send":
-        return _parse_send(data, max_chars)
-    if kind == "join":
-        return Join(_room(data), _after_id(data))
-    if kind == "history":
-        return History(_room(data), _before_id(data), _limit(data))
-    if kind == "typing":
-        return Typing(_room(data))
-    if kind == "ping":
-        return Ping()
-    raise FrameError(BAD_REQUEST, "unknown frame type")
+    try:
+        if kind == "send":
+            return _parse_send(data, max_chars, ref)
+        parse = _PARSERS.get(kind) if isinstance(kind, str) else None
+        if parse is None:
+            raise FrameError(BAD_REQUEST, "unknown frame type")
+        return parse(data, ref)
+    except FrameError as error:
+        error.ref = ref
+        raise
 
 
-def _parse_send(data: dict[str, Any], max_chars: int) -> Send:
+def _ref(data: dict[str, Any]) -> str | None:
+    """The frame's `ref`; a bad one is answered without it (it cannot be trusted to echo)."""
+    ref = data.get("ref")
+    if ref is None or (isinstance(ref, str) and len(ref) <= MAX_REF):
+        return ref
+    raise FrameError(BAD_REQUEST, f"ref must be a string of at most {MAX_REF} chars")
+
+
+def _sound_ref(data: dict[str, Any]) -> str | None:
+    ref = data.get("ref")
+    if isinstance(ref, str) and len(ref) <= MAX_REF and not _has_surrogate(ref):
+        return ref
+    return None
+
+
+def _parse_send(data: dict[str, Any], max_chars: int, ref: str | None) -> Send:
     client_id = data.get("client_id")
     if not _is_client_id(client_id):
         raise FrameError(BAD_REQUEST, f"client_id must be a string of 1 to {MAX_CLIENT_ID} chars")
@@ -136,7 +320,94 @@ def _parse_send(data: dict[str, Any], max_chars: int) -> Send:
         raise FrameError(BAD_REQUEST, "text must be a non-empty string", client_id)
     if len(text) > max_chars:
         raise FrameError(TOO_LONG, f"text is longer than {max_chars} characters", client_id)
-    return Send(room, text, client_id)
+    return Send(room, text, client_id, ref)
+
+
+def _id(data: dict[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        raise FrameError(BAD_REQUEST, f"{field} must be an id (1 to 64 of A-Z a-z 0-9 _ -)")
+    return value
+
+
+def _room(data: dict[str, Any]) -> str:
+    return _id(data, "room")
+
+
+def _ids(data: dict[str, Any], field: str, low: int, high: int) -> tuple[str, ...]:
+    value = data.get(field)
+    if (
+        not isinstance(value, list)
+        or not low <= len(value) <= high
+        or not all(isinstance(item, str) and ID.fullmatch(item) for item in value)
+    ):
+        raise FrameError(BAD_REQUEST, f"{field} must be a list of {low} to {high} user ids")
+    return tuple(value)
+
+
+def _text(data: dict[str, Any], field: str, limit: int, default: str | None = None) -> str:
+    value = data.get(field, default)
+    if not isinstance(value, str):
+        raise FrameError(BAD_REQUEST, f"{field} must be a string")
+    if len(value) > limit:
+        raise FrameError(TOO_LONG, f"{field} is longer than {limit} characters")
+    return value
+
+
+def _optional_text(data: dict[str, Any], field: str) -> str | None:
+    return None if data.get(field) is None else _text(data, field, MAX_NAME_CHARS)
+
+
+def _room_create(data: dict[str, Any], ref: str | None) -> RoomCreate:
+    kind = data.get("kind")
+    if kind not in ROOM_KINDS:
+        raise FrameError(BAD_REQUEST, "kind must be public or private")
+    members = () if data.get("members") is None else _ids(data, "members", 0, MAX_CREATE_MEMBERS)
+    return RoomCreate(
+        kind,
+        _text(data, "name", MAX_NAME_CHARS),
+        _text(data, "topic", MAX_NAME_CHARS, ""),
+        members,
+        ref,
+    )
+
+
+def _room_update(data: dict[str, Any], ref: str | None) -> RoomUpdate:
+    archived = data.get("archived")
+    if archived is not None and not isinstance(archived, bool):
+        raise FrameError(BAD_REQUEST, "archived must be true or false")
+    return RoomUpdate(
+        _room(data), _optional_text(data, "name"), _optional_text(data, "topic"), archived, ref
+    )
+
+
+def _read(data: dict[str, Any], ref: str | None) -> Read:
+    message_id = _optional_id(data, "id")
+    if message_id is None:
+        raise FrameError(BAD_REQUEST, "id must be a message id")
+    return Read(_room(data), message_id, ref)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
+    "join": lambda d, ref: Join(_room(d), _after_id(d), ref),
+    "history": lambda d, ref: History(_room(d), _before_id(d), _limit(d), ref),
+    "typing": lambda d, ref: Typing(_room(d), ref),
+    "ping": lambda d, ref: Ping(ref),
+    "room_create": _room_create,
+    "room_join": lambda d, ref: RoomJoin(_room(d), ref),
+    "room_leave": lambda d, ref: RoomLeave(_room(d), ref),
+    "room_invite": lambda d, ref: RoomInvite(_room(d), _id(d, "user"), ref),
+    "room_remove": lambda d, ref: RoomRemove(_room(d), _id(d, "user"), ref),
+    "room_update": _room_update,
+    "dm_open": lambda d, ref: DmOpen(_ids(d, "users", 1, MAX_DM_OTHERS), ref),
+    "rooms_browse": lambda d, ref: RoomsBrowse(_text(d, "q", MAX_QUERY_CHARS, ""), ref),
+    "members": lambda d, ref: Members(_room(d), ref),
+    "people": lambda d, ref: People(_text(d, "q", MAX_QUERY_CHARS, ""), ref),
+    "profile": lambda d, ref: Profile(_text(d, "name", MAX_NAME_CHARS), ref),
+    "read": _read,
+    "user_deactivate": lambda d, ref: UserDeactivate(_id(d, "user"), ref),
+    "user_reactivate": lambda d, ref: UserReactivate(_id(d, "user"), ref),
+}
 
 
 def _is_client_id(value: object) -> TypeGuard[str]:
@@ -182,15 +453,6 @@ def _has_surrogate(value: object) -> bool:
     return False
 
 
-def _room(data: dict[str, Any]) -> str:
-    room = data.get("room")
-    if not isinstance(room, str):
-        raise FrameError(BAD_REQUEST, "room must be a string")
-    if room not in ROOMS:
-        raise FrameError(NOT_ALLOWED, "no such room")
-    return room
-
-
 def _optional_id(data: dict[str, Any], field: str) -> str | None:
     value = data.get(field)
     if value is None:
@@ -229,6 +491,9 @@ def _limit(data: dict[str, Any]) -> int:
     return limit
 
 
+# -- server frames --------------------------------------------------------------
+
+
 def encode(frame: Any) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
@@ -236,11 +501,145 @@ def encode(frame: Any) -> str:
 PONG = encode({"type": "pong"})
 
 
-def error_frame(code: str, message: str, client_id: str | None = None, **extra: Any) -> str:
+def _with_ref(frame: dict[str, Any], ref: str | None) -> str:
+    if ref is not None:
+        frame["ref"] = ref
+    return encode(frame)
+
+
+def pong_frame(ref: str | None = None) -> str:
+    return PONG if ref is None else _with_ref({"type": "pong"}, ref)
+
+
+def error_frame(
+    code: str,
+    message: str,
+    client_id: str | None = None,
+    ref: str | None = None,
+    **extra: Any,
+) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message, **extra}
     if client_id is not None:
         frame["client_id"] = client_id
-    return encode(frame)
+    return _with_ref(frame, ref)
+
+
+def ready_frame(user: dict[str, Any], rooms: Sequence[dict[str, Any]], online_json: str) -> str:
+    """`online` is spliced in as text: the list is encoded once per change, not per socket."""
+    head = encode({"type": "ready", "user": user, "rooms": list(rooms)})
+    return f'{head[:-1]},"online":{online_json}}}'
+
+
+def room_frame(room: dict[str, Any], ref: str | None = None) -> str:
+    """A room created, changed, or joined: with the viewer fields, or without (to all members)."""
+    return _with_ref({"type": "room", "room": room}, ref)
+
+
+def room_removed_frame(room_id: str, reason: str) -> str:
+    return encode({"type": "room_removed", "room": room_id, "reason": reason})
+
+
+def rooms_frame(rooms: Sequence[dict[str, Any]], ref: str | None = None) -> str:
+    return _with_ref({"type": "rooms", "rooms": list(rooms)}, ref)
+
+
+def members_frame(room_id: str, users: Sequence[dict[str, str]], ref: str | None = None) -> str:
+    return _with_ref({"type": "members", "room": room_id, "users": list(users)}, ref)
+
+
+def people_frame(users: Sequence[dict[str, str]], ref: str | None = None) -> str:
+    return _with_ref({"type": "people", "users": list(users)}, ref)
+
+
+def user_frame(user: dict[str, str], ref: str | None = None) -> str:
+    return _with_ref({"type": "user", "user": user}, ref)
+
+
+def read_frame(room_id: str, message_id: str, unread: int, mentions: int) -> str:
+    return encode(
+        {"type": "read", "room": room_id, "id": message_id, "unread": unread, "mentions": mentions}
+    )
+
+
+def ok_frame(ref: str | None) -> str:
+    return _with_ref({"type": "ok"}, ref)
+
+
+def unread_frame(room_id: str, message_id: str, author_id: str) -> str:
+    """Built once per message per worker, for every socket watching the room."""
+    return f'{{"type":"unread","room":"{room_id}","id":"{message_id}","user":"{author_id}"}}'
+
+
+def history_frame(
+    room_id: str,
+    messages: list[dict[str, Any]],
+    has_more: bool,
+    *,
+    reset: bool = False,
+    ref: str | None = None,
+) -> str:
+    frame: dict[str, Any] = {
+        "type": "history",
+        "room": room_id,
+        "messages": messages,
+        "has_more": has_more,
+    }
+    if reset:
+        frame["reset"] = True
+    return _with_ref(frame, ref)
+
+
+def message_frame(message: dict[str, Any]) -> str:
+    return encode({"type": "message", **message})
+
+
+# -- pub/sub payloads ------------------------------------------------------------
+
+# Room channel events.
+EVENT_ROOM = "room"
+EVENT_LEFT = "left"
+EVENT_REMOVED = "removed"
+EVENT_ARCHIVED = "archived"
+# User channel events (and EVENT_REMOVED).
+EVENT_ADDED = "added"
+EVENT_FRAME = "frame"
+NO_ARG = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePayload:
+    id: str
+    author: str
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventPayload:
+    kind: str
+    arg: str | None
+    frame: str
+
+
+def message_payload(message_id: str, author_id: str, frame: str) -> str:
+    """What the post script publishes (it builds the same text in Lua)."""
+    return f"M {message_id} {author_id} {frame}"
+
+
+def event_payload(kind: str, arg: str | None, frame: str) -> str:
+    return f"E {kind} {arg or NO_ARG} {frame}"
+
+
+def parse_payload(payload: str) -> MessagePayload | EventPayload | None:
+    """A room or user channel payload, or None when it is not one (the caller logs it)."""
+    parts = payload.split(" ", 3)
+    if len(parts) != 4:
+        return None
+    tag, first, second, frame = parts
+    if tag == "M":
+        return MessagePayload(first, second, frame)
+    if tag == "E":
+        return EventPayload(first, None if second == NO_ARG else second, frame)
+    return None
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:
