@@ -104,9 +104,13 @@ class ChatServer:
             except OSError:
                 return False
 
-        wait_for(healthy, timeout=60, what="quart-chat /healthz")
-        # /healthz answers from the first worker up; give the others time to start.
-        wait_for(lambda: len(self.pids()) >= self.workers + 1, timeout=60, what="workers")
+        try:
+            wait_for(healthy, timeout=60, what="quart-chat /healthz")
+            # /healthz answers from the first worker up; give the others time to start.
+            wait_for(lambda: len(self.pids()) >= self.workers + 1, timeout=60, what="workers")
+        except BaseException:
+            self.stop()  # no server left running behind a failed start
+            raise
         return self
 
     def pids(self) -> list[int]:
