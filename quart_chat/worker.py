@@ -71,7 +71,7 @@ async def serve_until_stopped(app: ChatApp, config: Config) -> bool:
         # timeout before cutting them without a close frame (1006 at the client).
         # Closing every chat socket now, and any still being opened, means they
         # all end within that time, each with a close frame.
-        app.hub.broker.close_all(CLOSE_SERVICE_RESTART)
+        app.hub.fanout.close_all(CLOSE_SERVICE_RESTART)
 
     try:
         await serve(app, config, shutdown_trigger=shutdown_trigger)

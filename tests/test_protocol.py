@@ -6,19 +6,39 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from quart_chat.realtime.protocol import (
     MAX_CONTAINERS,
     MAX_NESTING,
+    MAX_REF,
+    DmOpen,
+    EventPayload,
     FrameError,
     History,
-    Join,
+    Members,
+    MessagePayload,
+    People,
     Ping,
+    Profile,
+    Read,
+    RoomCreate,
+    RoomInvite,
+    RoomJoin,
+    RoomLeave,
+    RoomRemove,
+    RoomsBrowse,
+    RoomUpdate,
     Send,
     Typing,
+    UserDeactivate,
+    UserReactivate,
+    event_payload,
+    message_payload,
     parse_frame,
+    parse_payload,
 )
 
 from .frames import MAX_CHARS, SPEC_ERROR_CODES, deep, expected_answer, junk, raw_frames, shape
@@ -41,33 +61,122 @@ def parse(raw: str | bytes) -> Any:
         return error
 
 
+# What a parsed frame of each type is answered with when it names `general`.
+ANSWERS = {
+    Send: "message",
+    History: "history",
+    Typing: "none",
+    Members: "members",
+    Read: "ok?",
+    RoomJoin: "skip",
+}
+
+
 @FUZZ
 @given(raw_frames)
 @example(deep(2000))
 @example('{"type":"send","room":"general","text":"\\ud800","client_id":"c"}')
 @example('{"type":"history","room":"general","before":"99999999999999999999-0"}')
 @example('{"type":"history","room":"general","before":"0-0"}')
+@example('{"type":"members","room":"general","ref":"' + "r" * 65 + '"}')
 def test_every_frame_parses_or_is_refused_with_a_spec_code(raw: str | bytes) -> None:
     result = parse(raw)
+    want = expected_answer(raw)
     if isinstance(result, FrameError):
         assert result.code in SPEC_ERROR_CODES
         sent = result.frame()
         sent.encode("utf-8")  # what the socket would send: never fails to encode
-        assert json.loads(sent)["type"] == "error"
-        want = expected_answer(raw)
-        # A join is refused on a joined socket, never by the parser alone.
-        assert want == "error" or json.loads(raw)["type"] == "join"
+        error = json.loads(sent)
+        assert error["type"] == "error"
+        assert want == "error"
+        if "ref" in error:
+            assert error["ref"] == json.loads(raw)["ref"]
+        return
+    assert result.ref is None or len(result.ref) <= MAX_REF
+    if isinstance(result, Send):
+        (result.text + result.client_id).encode("utf-8")
+    if isinstance(result, Ping):
+        assert want == "pong"
+    elif isinstance(result, RoomsBrowse | People):
+        assert want == ("rooms" if isinstance(result, RoomsBrowse) else "people")
+    elif isinstance(result, RoomCreate | Profile):
+        assert want == "skip"
+    elif getattr(result, "room", None) == "general" and type(result) in ANSWERS:
+        assert want == ANSWERS[type(result)]
     else:
-        assert isinstance(result, Join | Send | History | Typing | Ping)
-        if isinstance(result, Send):
-            (result.text + result.client_id).encode("utf-8")
-            assert expected_answer(raw) == "message"
-        elif isinstance(result, History):
-            assert expected_answer(raw) == "history"
-        elif isinstance(result, Typing):
-            assert expected_answer(raw) == "none"
-        elif isinstance(result, Ping):
-            assert expected_answer(raw) == "pong"
+        # Well-formed, and refused by what the server knows: not a member, no such
+        # user, not an admin, already joined.
+        assert want == "error"
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ({"type": "ping", "ref": "p1"}, Ping("p1")),
+        ({"type": "members", "room": "general", "ref": None}, Members("general")),
+        (
+            {"type": "room_create", "kind": "private", "name": "plans", "members": ["u1"]},
+            RoomCreate("private", "plans", "", ("u1",)),
+        ),
+        (
+            {"type": "room_update", "room": "r1", "archived": False, "ref": "u"},
+            RoomUpdate("r1", None, None, False, "u"),
+        ),
+        ({"type": "dm_open", "users": ["u1", "u2"]}, DmOpen(("u1", "u2"))),
+        ({"type": "people"}, People("")),
+        ({"type": "rooms_browse", "q": "pl"}, RoomsBrowse("pl")),
+        ({"type": "read", "room": "general", "id": "5-1"}, Read("general", "5-1")),
+        ({"type": "room_invite", "room": "r1", "user": "u1"}, RoomInvite("r1", "u1")),
+        ({"type": "room_remove", "room": "r1", "user": "u1"}, RoomRemove("r1", "u1")),
+        ({"type": "room_leave", "room": "r1"}, RoomLeave("r1")),
+        ({"type": "room_join", "room": "r1"}, RoomJoin("r1")),
+        ({"type": "profile", "name": "Ann"}, Profile("Ann")),
+        ({"type": "user_deactivate", "user": "u1"}, UserDeactivate("u1")),
+        ({"type": "user_reactivate", "user": "u1"}, UserReactivate("u1")),
+    ],
+)
+def test_the_new_frames_parse(frame: dict[str, Any], expected: Any) -> None:
+    assert parse(json.dumps(frame)) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ({"type": "members", "room": "x" * 65}, "room must be an id"),
+        ({"type": "members", "room": "a:b"}, "room must be an id"),
+        ({"type": "dm_open", "users": []}, "users must be a list of 1 to 8"),
+        ({"type": "dm_open", "users": ["u"] * 9}, "users must be a list of 1 to 8"),
+        ({"type": "room_create", "kind": "public", "name": "n", "members": ["u"] * 51}, "members"),
+        ({"type": "room_create", "kind": "direct", "name": "n"}, "kind must be public or private"),
+        ({"type": "room_update", "room": "r", "archived": 1}, "archived must be true or false"),
+        ({"type": "read", "room": "general"}, "id must be a message id"),
+    ],
+)
+def test_bad_new_frames_are_refused_with_their_ref(frame: dict[str, Any], message: str) -> None:
+    error = parse(json.dumps({**frame, "ref": "r7"}))
+    assert isinstance(error, FrameError) and error.code == "bad_request"
+    assert error.message.startswith(message)
+    assert json.loads(error.frame())["ref"] == "r7"
+
+
+@pytest.mark.parametrize("ref", ["r" * 65, 5, ["r"], {"r": 1}])
+def test_a_bad_ref_is_refused_without_echoing_it(ref: object) -> None:
+    error = parse(json.dumps({"type": "ping", "ref": ref}))
+    assert isinstance(error, FrameError) and error.code == "bad_request"
+    assert "ref" not in json.loads(error.frame())
+
+
+def test_payloads_split_without_parsing_their_json() -> None:
+    frame = '{"type":"message","text":"a b c"}'
+    assert parse_payload(message_payload("1-0", "u1", frame)) == MessagePayload("1-0", "u1", frame)
+    assert parse_payload(event_payload("removed", "u1", frame)) == EventPayload(
+        "removed", "u1", frame
+    )
+    assert parse_payload(event_payload("archived", None, frame)) == EventPayload(
+        "archived", None, frame
+    )
+    assert parse_payload("1-0 " + frame) is None  # the first release's format
+    assert parse_payload("M 1-0") is None
 
 
 @SHAPES

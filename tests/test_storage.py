@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from quart_chat.launcher import EmbeddedRedis
-from quart_chat.realtime.broker import Broker
+from quart_chat.realtime.bus import Bus
 from quart_chat.storage import LoggingPool, Throttled, open_redis, script, transport_options
 
 
@@ -33,12 +33,12 @@ async def test_the_pool_and_the_pubsub_listener_connect(
     url = unix_redis_url if transport == "unix" else redis_url
     assert url.startswith("unix://" if transport == "unix" else "redis://")
     redis = open_redis(url)
-    broker = Broker(url, redis)
-    listener = asyncio.create_task(broker.listen())
+    bus = Bus(url, "test", lambda channel, data: None, lambda: None, lambda: None)
+    listener = asyncio.create_task(bus.listen())
     try:
         assert await redis.ping()
-        await asyncio.wait_for(broker.wait_subscribed(), 10)
-        assert broker.subscribed
+        await asyncio.wait_for(bus.wait_subscribed(), 10)
+        assert bus.subscribed
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)

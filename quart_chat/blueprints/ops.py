@@ -21,13 +21,13 @@ async def healthz() -> tuple[dict[str, str], int]:
     handshake is refused with 503, so a proxy must stop routing here). A worker
     that is stopping says so too, so a proxy's health checks drain it."""
     app = get_app()
-    if app.hub.broker.closing:
+    if app.hub.fanout.closing:
         return {"status": "unavailable", "reason": "stopping"}, 503
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             await app.redis.ping()
     except (RedisError, OSError, TimeoutError):
         return {"status": "unavailable", "reason": "redis"}, 503
-    if not app.hub.broker.subscribed:
+    if not app.hub.bus.subscribed:
         return {"status": "unavailable", "reason": "pubsub"}, 503
     return {"status": "ok"}, 200

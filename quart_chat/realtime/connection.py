@@ -194,8 +194,9 @@ class ChatConnection:
         load = fanout.begin_load(user.id)
         try:
             first = await hub.rooms.rooms_of(user)
-        finally:
+        except BaseException:
             fanout.abandon_load(load)
+            raise
         fanout.finish_load(load, [room.id for room in first])
         # Read again once the rooms' channels are confirmed: a message posted in
         # between is then in the counts or bumps the client (or both: the client
@@ -203,10 +204,11 @@ class ChatConnection:
         await hub.bus.ensure(fanout.channels_of(user.id))
         rooms = await hub.rooms.rooms_of(user)
         states = await hub.rooms.read_states(user.id, [room.id for room in rooms])
-        rooms.sort(key=lambda room: (room.id != GENERAL, room.public(user)["name"].casefold()))
         return [self._viewed(room, states.get(room.id)) for room in rooms]
 
-    def _viewed(self, room: Room, state: ReadState | None, viewer: User | None = None) -> dict[str, Any]:
+    def _viewed(
+        self, room: Room, state: ReadState | None, viewer: User | None = None
+    ) -> dict[str, Any]:
         """The room object with the viewer's own fields (`unread`, `read_id`, ...)."""
         viewer = viewer or self.user
         if state is None:
@@ -262,7 +264,7 @@ class ChatConnection:
                 UNAVAILABLE, "storage is unavailable, try again", client_id, frame.ref
             ) from None
 
-    async def _serve(self, frame: ClientFrame) -> None:  # noqa: C901 - a table of frames
+    async def _serve(self, frame: ClientFrame) -> None:
         match frame:
             case Send():
                 await self._post(frame)
@@ -324,11 +326,18 @@ class ChatConnection:
         load = fanout.begin_load(user_id)
         try:
             member = await self.hub.rooms.is_member(room, user_id)
-        finally:
+        except BaseException:
             fanout.abandon_load(load)
+            raise
+        fanout.finish_load(load, [room] if member else [])
         if not member:
             raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, client_id, ref)
-        fanout.finish_load(load, [room])
+
+    async def _authorise_unless_admin(self, room: str, ref: str | None) -> None:
+        """Admins may change and remove members of rooms they are not in (the models
+        answer `not_allowed "no such room"` for one that does not exist)."""
+        if not self.admin:
+            await self._authorise(room, ref)
 
     async def _publish(self, *messages: tuple[str, str]) -> None:
         """(channel, payload) pairs, in order, in one round trip."""
@@ -369,9 +378,7 @@ class ChatConnection:
         await self._authorise(frame.room, frame.ref)
         await self._limit_backlog(frame.ref)
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
-        self.outbox.deliver(
-            history_frame(frame.room, page.messages, page.has_more, ref=frame.ref)
-        )
+        self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
 
     async def _limit_backlog(self, ref: str | None) -> None:
         """Count a backlog-producing request against the socket's and the user's limits."""
@@ -406,7 +413,7 @@ class ChatConnection:
         from before the backlog is read; once it is sent, those not already in
         it are delivered and the room goes live.
         """
-        fanout, history, outbox, room = self.hub.fanout, self.hub.history, self.outbox, frame.room
+        fanout, outbox, room = self.hub.fanout, self.outbox, frame.room
         await self._authorise(room, frame.ref)
         if fanout.is_joined(outbox, room):
             # It would only send the backlog again: the amplification of issue 12.
@@ -472,7 +479,9 @@ class ChatConnection:
             read = read_frame(
                 frame.room, state.read_id or frame.id, fields["unread"], fields["mentions"]
             )
-            await self._publish((keys.user_channel(user_id), event_payload(EVENT_FRAME, None, read)))
+            await self._publish(
+                (keys.user_channel(user_id), event_payload(EVENT_FRAME, None, read))
+            )
             self.outbox.deliver(ok_frame(frame.ref))
         elif frame.ref is not None:
             # Not moved: nothing to tell the other tabs, but a request that asked
@@ -487,8 +496,9 @@ class ChatConnection:
         load = fanout.begin_load(user_id)
         try:
             room: Room = await change
-        finally:
+        except BaseException:
             fanout.abandon_load(load)
+            raise
         fanout.finish_load(load, [room.id])
         return room
 
@@ -530,8 +540,9 @@ class ChatConnection:
         load = fanout.begin_load(user.id)
         try:
             room, created = await self.hub.rooms.open_direct(user, frame.users)
-        finally:
+        except BaseException:
             fanout.abandon_load(load)
+            raise
         fanout.finish_load(load, [room.id])
         if created:
             await self._publish(*(self._added(room, m, m.id) for m in room.members))
@@ -539,11 +550,13 @@ class ChatConnection:
 
     async def _room_leave(self, frame: RoomLeave) -> None:
         user_id = self.user.id
+        await self._authorise(frame.room, frame.ref)
         room = await self.hub.rooms.leave(frame.room, self.user)
         await self._drop_member(room, user_id, EVENT_LEFT, "left")
         self.outbox.deliver(ok_frame(frame.ref))
 
     async def _room_remove(self, frame: RoomRemove) -> None:
+        await self._authorise_unless_admin(frame.room, frame.ref)
         room = await self.hub.rooms.remove(frame.room, self.user, frame.user, admin=self.admin)
         await self._drop_member(room, frame.user, EVENT_REMOVED, "removed")
         self.outbox.deliver(ok_frame(frame.ref))
@@ -561,13 +574,14 @@ class ChatConnection:
         )
 
     async def _room_invite(self, frame: RoomInvite) -> None:
+        await self._authorise(frame.room, frame.ref)
         room = await self.hub.rooms.invite(frame.room, self.user, frame.user)
         await self._publish(self._added(room, None, frame.user), self._room_changed(room))
         self.outbox.deliver(ok_frame(frame.ref))
 
     async def _room_update(self, frame: RoomUpdate) -> None:
-        rooms = self.hub.rooms
-        room = await rooms.update(
+        await self._authorise_unless_admin(frame.room, frame.ref)
+        room = await self.hub.rooms.update(
             frame.room,
             self.user,
             admin=self.admin,
@@ -576,12 +590,10 @@ class ChatConnection:
             archived=frame.archived,
         )
         if room.archived:
-            archived = event_payload(
-                EVENT_ARCHIVED, None, room_removed_frame(room.id, "archived")
-            )
+            archived = event_payload(EVENT_ARCHIVED, None, room_removed_frame(room.id, "archived"))
             self.hub.fanout.room_payload(room.id, archived)
             await self._publish((keys.room_channel(room.id), archived))
-        elif frame.archived is False:
+        elif frame.archived is False and room.id != GENERAL:
             await self._unarchived(room)
         else:
             await self._publish(self._room_changed(room))

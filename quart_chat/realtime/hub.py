@@ -114,7 +114,9 @@ class ChatHub:
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "chat-pubsub": self.bus.listen,
             "chat-session-sweep": lambda: sweep_sessions(self.fanout, self.pipelined),
-            "chat-idle-sweep": lambda: sweep_idle(self.fanout, self.settings.ws_idle_timeout_seconds),
+            "chat-idle-sweep": lambda: sweep_idle(
+                self.fanout, self.settings.ws_idle_timeout_seconds
+            ),
             "chat-presence": self.presence.run,
             "chat-socket-caps": self.socket_caps.run,
             "mail-outbox": self.outbox.run,

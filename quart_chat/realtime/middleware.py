@@ -35,8 +35,8 @@ from ..models.users import User
 from ..security import is_allowed_origin
 from ..socketcaps import SocketCapReached, address_key
 from ..storage import Throttled
-from .broker import CLOSE_SERVER_ERROR
 from .connection import ChatConnection
+from .outbox import CLOSE_SERVER_ERROR
 
 log = logging.getLogger(__name__)
 _refused_unavailable = Throttled(log)
@@ -88,11 +88,11 @@ class ChatSocketRoute:
             user, session_id = await self.authorise(scope)
             await self.admit(user, address)
         except Refused as refusal:
-            await refuse(scope, send, refusal, self.app.hub.broker.worker_id)
+            await refuse(scope, send, refusal, self.app.hub.worker_id)
             return
         hub = self.app.hub
         try:
-            worker = (WORKER_HEADER.lower().encode(), hub.broker.worker_id.encode())
+            worker = (WORKER_HEADER.lower().encode(), hub.worker_id.encode())
             await send({"type": "websocket.accept", "subprotocol": None, "headers": [worker]})
             try:
                 code = await ChatConnection(hub, user, session_id, send, receive).serve()
@@ -141,7 +141,7 @@ class ChatSocketRoute:
             raise Refused(503, "unavailable") from None
         if user is None:
             raise Refused(401, "unauthorized")
-        if not app.hub.broker.subscribed:
+        if not app.hub.bus.subscribed:
             _refused_unavailable.warning("WebSocket refused with 503: pub/sub is not subscribed")
             raise Refused(503, "unavailable")
         return user, session_id

@@ -346,7 +346,10 @@ def _ids(data: dict[str, Any], field: str, low: int, high: int) -> tuple[str, ..
 
 
 def _text(data: dict[str, Any], field: str, limit: int, default: str | None = None) -> str:
-    value = data.get(field, default)
+    """A string field; with a `default`, absent or null means the default."""
+    value = data.get(field)
+    if value is None:
+        value = default
     if not isinstance(value, str):
         raise FrameError(BAD_REQUEST, f"{field} must be a string")
     if len(value) > limit:

@@ -19,7 +19,7 @@ from quart_chat.base import ChatApp
 from quart_chat.models.messages import RoomHistory
 from quart_chat.models.sessions import revoke_session
 from quart_chat.models.users import get_or_create_user
-from quart_chat.realtime import broker
+from quart_chat.realtime import bus, sweeps
 
 from ..chatting import log_in, receive, receive_type, send_text, start
 from ..conftest import make_settings
@@ -96,8 +96,10 @@ async def test_ready_is_the_first_frame_and_never_shows_emails(app: ChatApp, red
             raw = await asyncio.wait_for(ws.receive(), 10)
             ready = json.loads(raw)
     assert ready["type"] == "ready"
-    assert ready["user"] == {"id": bob.user.id, "name": "bob"}
-    assert ready["rooms"] == ["general"]
+    assert ready["user"] == {"id": bob.user.id, "name": "bob", "admin": False}
+    [general] = ready["rooms"]
+    assert general["id"] == "general" and general["kind"] == "public"
+    assert general["member_count"] == 2 and general["unread"] == 0
     assert sorted(u["name"] for u in ready["online"]) == ["ann", "bob"]
     assert "@" not in str(raw)
 
@@ -245,6 +247,7 @@ async def test_the_sender_gets_an_echo_without_joining(app: ChatApp, redis: Redi
         ('{"type": "join"}', "bad_request", None),
         ('{"type": "join", "room": 7}', "bad_request", None),
         ('{"type": "join", "room": "secret"}', "not_allowed", None),
+        ('{"type": "join", "room": "no/such"}', "bad_request", None),
         ('{"type": "join", "room": "general", "after": "yesterday"}', "bad_request", None),
         ('{"type": "send", "room": "general", "text": "hi"}', "bad_request", None),
         ('{"type": "send", "room": "general", "text": "hi", "client_id": 5}', "bad_request", None),
@@ -340,7 +343,7 @@ async def test_logout_closes_every_socket_of_the_session_with_4401(
 async def test_an_expired_session_is_closed_with_4401(
     redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(broker, "SESSION_SWEEP_SECONDS", 0.2)
+    monkeypatch.setattr(sweeps, "SESSION_SWEEP_SECONDS", 0.2)
     app = create_app(make_settings(redis_url, tmp_path))
     async with app.test_app():
         ann = await log_in(app, redis, "ann@example.com")
@@ -374,7 +377,7 @@ async def test_a_quiet_pubsub_connection_is_kept_with_pings_and_never_taken_for_
     meanwhile: Callable[[], Awaitable[None]],
 ) -> None:
     """Only an unanswered PING counts: a quiet room or a loop that runs late drops nothing."""
-    monkeypatch.setattr(broker, "PUBSUB_IDLE_SECONDS", 0.1)
+    monkeypatch.setattr(bus, "PUBSUB_IDLE_SECONDS", 0.1)
     app = create_app(make_settings(redis_url, tmp_path))
     async with app.test_app():
         ann = await log_in(app, redis, "ann@example.com")
@@ -513,7 +516,7 @@ async def test_losing_redis_closes_sockets_1011_and_rejoining_loses_nothing(
             async with Redis.from_url(own_redis.url) as fresh:
                 posted = await RoomHistory(fresh, 10000).post("general", ann.user, "during", "c2")
                 later = posted.id
-            await asyncio.wait_for(app.hub.broker.wait_subscribed(), 15)
+            await asyncio.wait_for(app.hub.bus.wait_subscribed(), 15)
             async with ann.socket() as ws:
                 await receive(ws)
                 await ws.send_json({"type": "join", "room": "general", "after": last})

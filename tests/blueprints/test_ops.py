@@ -38,7 +38,7 @@ async def test_healthz_ok_when_redis_answers(client: QuartClient) -> None:
 
 async def test_healthz_503_once_the_worker_is_stopping(app: ChatApp, client: QuartClient) -> None:
     assert await health(client) == OK
-    app.hub.broker.close_all(1012)  # what the worker's SIGTERM handler does first
+    app.hub.fanout.close_all(1012)  # what the worker's SIGTERM handler does first
     assert await health(client) == (503, {"status": "unavailable", "reason": "stopping"})
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from quart_chat.realtime.broker import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Subscriber
+from quart_chat.models.users import User
+from quart_chat.realtime.outbox import CLOSE_SERVER_ERROR, CLOSE_TRY_AGAIN_LATER, Outbox
+
+ANN = User(id="ann", name="Ann", email="ann@example.com")
 
 
 class Client:
@@ -43,18 +46,18 @@ async def serving_task() -> asyncio.Task[None]:
     return task
 
 
-async def test_a_full_outbox_closes_only_that_subscriber_with_1013() -> None:
+async def test_a_full_outbox_closes_only_that_outbox_with_1013() -> None:
     slow_client, fast_client = Client(), Client()
     slow_client.stall()
-    slow = Subscriber("s1", slow_client.send, limit=3)
-    fast = Subscriber("s2", fast_client.send, limit=3)
+    slow = Outbox(ANN, "s1", slow_client.send, limit=3)
+    fast = Outbox(ANN, "s2", fast_client.send, limit=3)
     slow_task = await serving_task()
     slow.attach(slow_task)
-    for subscriber in (slow, fast):
-        subscriber.start("ready")
+    for outbox in (slow, fast):
+        outbox.start("ready")
     for n in range(10):
-        for subscriber in (slow, fast):
-            subscriber.deliver(f"frame {n}")  # never awaits
+        for outbox in (slow, fast):
+            outbox.deliver(f"frame {n}")  # never awaits
         await settle()
     assert fast_client.frames == ["ready"] + [f"frame {n}" for n in range(10)]
     assert slow.close_code == CLOSE_TRY_AGAIN_LATER
@@ -65,33 +68,33 @@ async def test_a_full_outbox_closes_only_that_subscriber_with_1013() -> None:
 
 async def test_frames_wait_for_start_and_then_go_in_order() -> None:
     client = Client()
-    subscriber = Subscriber("s", client.send)
-    subscriber.deliver("early")
+    outbox = Outbox(ANN, "s", client.send)
+    outbox.deliver("early")
     await settle()
     assert client.frames == []
-    subscriber.start("ready")  # `ready` goes first
-    subscriber.deliver("later")
+    outbox.start("ready")  # `ready` goes first
+    outbox.deliver("later")
     await settle()
     assert client.frames == ["ready", "early", "later"]
 
 
-async def test_an_idle_subscriber_holds_no_task_and_no_buffer() -> None:
+async def test_an_idle_outbox_holds_no_task_and_no_buffer() -> None:
     client = Client()
-    subscriber = Subscriber("s", client.send)
-    subscriber.start("ready")
+    outbox = Outbox(ANN, "s", client.send)
+    outbox.start("ready")
     await settle()
     assert client.frames == ["ready"]
     before = len(asyncio.all_tasks())
     client.stall()
     for n in range(3):
-        subscriber.deliver(f"frame {n}")
+        outbox.deliver(f"frame {n}")
     await settle()
     assert len(asyncio.all_tasks()) == before + 1  # one sender for the burst
     client.resume()
     await settle()
     assert client.frames == ["ready", "frame 0", "frame 1", "frame 2"]
     assert len(asyncio.all_tasks()) == before
-    subscriber.deliver("again")  # a new burst gets a new sender
+    outbox.deliver("again")  # a new burst gets a new sender
     await settle()
     assert client.frames[-1] == "again"
     assert len(asyncio.all_tasks()) == before
@@ -101,25 +104,25 @@ async def test_a_failing_send_closes_the_socket_with_1011() -> None:
     async def broken(message: Any) -> None:
         raise RuntimeError("transport gone")
 
-    subscriber = Subscriber("s", broken)
+    outbox = Outbox(ANN, "s", broken)
     owner = await serving_task()
-    subscriber.attach(owner)
-    subscriber.start("ready")
-    subscriber.deliver("hello")
+    outbox.attach(owner)
+    outbox.start("ready")
+    outbox.deliver("hello")
     await asyncio.gather(owner, return_exceptions=True)
     assert owner.cancelled()
-    assert subscriber.close_code == CLOSE_SERVER_ERROR
+    assert outbox.close_code == CLOSE_SERVER_ERROR
 
 
 async def test_a_producer_waits_until_the_outbox_is_half_empty() -> None:
     client = Client()
     client.stall()
-    subscriber = Subscriber("s", client.send, limit=4)
-    subscriber.start("ready")
+    outbox = Outbox(ANN, "s", client.send, limit=4)
+    outbox.start("ready")
     await settle()  # the sender took `ready` and waits on the stalled client
     for n in range(4):
-        subscriber.deliver(f"frame {n}")
-    waiter = asyncio.create_task(subscriber.wait_half_empty())
+        outbox.deliver(f"frame {n}")
+    waiter = asyncio.create_task(outbox.wait_half_empty())
     await settle()
     assert not waiter.done()
     client.resume()
