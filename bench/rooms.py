@@ -48,7 +48,7 @@ from quart_chat import keys
 
 from . import proc
 from .fanout import CONTENDED, ChatServer, Environment, login_many, open_clients, percentile
-from .wsclient import ROOM_STAMP, ChatClient, Hub
+from .wsclient import ROOM_STAMP, ChatClient, Hub, connect
 
 GENERAL = "general"
 # Fixed channels every worker subscribes to: chat:presence, chat:session-revoked, chat:users.
@@ -360,6 +360,41 @@ def plan_rooms(
     return plan
 
 
+async def balance(
+    hub: Hub, server: ChatServer, cookies: list[str], clients: list[ChatClient], workers: int
+) -> int:
+    """Spread the sockets evenly over the workers: reopen some of an overfull worker's.
+
+    Each Hypercorn worker listens with SO_REUSEPORT, so the kernel picks one by a hash
+    of the connection: a new socket lands on a random worker; before every worker has
+    bound its listener, all land on the first. The number of sockets reopened."""
+    reopened = 0
+    target = math.ceil(len(clients) / workers)
+    for _ in range(50):
+        counts = Counter(c.worker for c in clients)
+        if len(counts) >= workers and max(counts.values()) <= target * 1.05 + 1:
+            return reopened
+        surplus = {w: n - target for w, n in counts.items() if n > target}
+        again = []
+        for client in clients:
+            if surplus.get(client.worker, 0) > 0:
+                surplus[client.worker] -= 1
+                again.append(client.index)
+        for index in again:
+            clients[index].close()
+        fresh = await asyncio.gather(
+            *(
+                asyncio.wait_for(connect(hub, i, "127.0.0.1", server.port, cookies[i]), 60)
+                for i in again
+            )
+        )
+        for client in fresh:
+            clients[client.index] = client
+        reopened += len(again)
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"sockets stay unevenly spread: {dict(Counter(c.worker for c in clients))}")
+
+
 async def create_rooms(
     clients: list[ChatClient], plan: list[tuple[list[int], bool]], run: int
 ) -> list[str]:
@@ -423,6 +458,7 @@ async def rooms_phase(env: Environment, args: argparse.Namespace) -> dict[str, A
         hub = Hub()
         started = time.monotonic()
         clients = await open_clients(hub, server, cookies, count, False)
+        reconnected = await balance(hub, server, cookies, clients, args.room_workers)
         connect_s = time.monotonic() - started
         if any(c.user_id is None for c in clients):
             raise RuntimeError("a `ready` frame without user.id: the server predates rooms")
@@ -475,6 +511,7 @@ async def rooms_phase(env: Environment, args: argparse.Namespace) -> dict[str, A
                 "watching_pairs": sum(len(r.watching) for r in rooms),
                 "login_s": login_s,
                 "connect_s": connect_s,
+                "reconnected_to_balance": reconnected,
                 "create_s": create_s,
                 "join_s": join_s,
                 "added_missing": added_missing,
