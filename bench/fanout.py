@@ -14,8 +14,10 @@ reports the time to the last `ready` and to the last join's history per 1,000
 sockets, and any refusal. Then it measures idle memory per connection:
 without permessage-deflate, with it offered (as browsers do) to a server that
 declines it (the default), and offered to one that agrees
-(CHAT_WS_COMPRESSION=true). A table goes to stdout and the full results as
-JSON to bench/results/.
+(CHAT_WS_COMPRESSION=true). Last the rooms phase (bench/rooms.py): N users
+on 2 workers in 500 private rooms of 4 and `general`, with CPU per delivery,
+latency, and per worker what it receives from Redis. A table goes to stdout
+and the full results as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -922,6 +924,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of members that do not join their room: they watch it (unread bumps)",
     )
+    rooms.add_argument(
+        "--room-idle", type=float, default=3.0, help="seconds of idle CPU measured first"
+    )
     rooms.add_argument("--seed", type=int, default=14, help="rooms, members and schedule")
     parser.add_argument(
         "--profile",
@@ -941,7 +946,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
         args.storm_connections = 30
         args.room_users, args.rooms, args.room_rate, args.general_rate = 24, 8, 10.0, 1.0
-        args.room_duration, args.watch_share = 3.0, 0.25
+        args.room_duration, args.watch_share, args.room_idle = 3.0, 0.25, 1.0
     args.steps = [int(s) for s in str(args.steps).split(",")]
     args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
     if args.profile is not None and py_spy() is None:

@@ -542,7 +542,7 @@ async def measure(
 ) -> dict[str, Any]:
     rooms = observer.rooms
     warmup, duration = args.warmup, args.room_duration
-    start = time.monotonic() + 0.5
+    start = time.monotonic() + args.room_idle + 0.5
     end = start + warmup + duration
     observer.window_start, observer.window_end = start + warmup, end
     schedule: list[tuple[float, int, int]] = []  # (at, g, sender)
@@ -572,6 +572,14 @@ async def measure(
     redis_client = redis.Redis.from_url(env.redis.url)
     buses = find_buses(redis_client, redis_port, pids)
     all_pids = server.pids()
+
+    # The workers' own cost with every socket open and nothing sent (heartbeats, sweeps,
+    # presence), to tell the per-message cost from the floor.
+    idle_started = time.monotonic(), proc.cpu_seconds(all_pids)
+    await asyncio.sleep(args.room_idle)
+    idle_cpu_share = (proc.cpu_seconds(all_pids) - idle_started[1]) / (
+        time.monotonic() - idle_started[0]
+    )
 
     def sample() -> dict[str, Any]:
         return {
@@ -639,7 +647,15 @@ async def measure(
     hub.rooms = None
     final_buses = sample_buses(redis_client, redis_port, buses)
     redis_client.close()
-    return report(observer, clients, samples, final_buses, buses, pids, send_lag, drain_s)
+    result = report(observer, clients, samples, final_buses, buses, pids, send_lag, drain_s)
+    deliveries, window = result["deliveries_in_window"], result["window_s"]
+    result["idle_server_cpu_share"] = idle_cpu_share
+    result["server_cpu_ms_per_1000_above_idle"] = (
+        (result["server_cpu_s"] - idle_cpu_share * window) * 1e6 / deliveries
+        if deliveries
+        else math.nan
+    )
+    return result
 
 
 def report(
@@ -841,12 +857,15 @@ def summary_lines(phase: dict[str, Any]) -> list[str]:
         f", {phase['watching_pairs']} watching members) + general; in {phase['window_s']:.1f}s: "
         f"{phase['room_messages']} room + {phase['general_messages']} general messages, "
         f"{phase['deliveries_per_s']:.0f} deliveries/s",
-        f"  server CPU {phase['server_cpu_ms_per_1000']:.1f} ms per 1,000 deliveries "
-        f"({phase['server_cpu_ms_per_message']:.2f} ms per message, {phase['server_cpu_share']:.0%}"
-        f" of a core); latency p50/p99/max {latency['p50']:.1f}/{latency['p99']:.1f}/"
-        f"{latency['max']:.1f} ms (unread bumps {unread['p50']:.1f}/{unread['p99']:.1f}/"
-        f"{unread['max']:.1f}); lost {phase['lost']}, dup {phase['duplicated']}, reordered "
-        f"{phase['reordered']}, foreign {phase['foreign']}, errors {phase['errors']}, closed "
+        f"  server CPU {phase['server_cpu_ms_per_1000']:.1f} ms per 1,000 deliveries, "
+        f"{phase['server_cpu_ms_per_message']:.2f} ms per message, "
+        f"{phase['server_cpu_share']:.0%} of a core (idle with the sockets open: "
+        f"{phase['idle_server_cpu_share']:.1%}; above that "
+        f"{phase['server_cpu_ms_per_1000_above_idle']:.1f} ms per 1,000 deliveries)",
+        f"  latency p50/p99/max {latency['p50']:.1f}/{latency['p99']:.1f}/{latency['max']:.1f}"
+        f" ms (unread bumps {unread['p50']:.1f}/{unread['p99']:.1f}/{unread['max']:.1f}); "
+        f"lost {phase['lost']}, dup {phase['duplicated']}, reordered {phase['reordered']}, "
+        f"foreign {phase['foreign']}, errors {phase['errors']}, closed "
         f"{phase['closed_clients']}: {verdict}",
         f"  {'worker':<14} {'sockets':>7} {'rooms':>5} {'sub':>5} {'expect':>6} {'psub':>4} "
         f"{'from Redis':>11} {'its rooms':>11} {'other rooms':>11} {'excess':>8} {'CPU s':>6}"
