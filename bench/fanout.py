@@ -817,6 +817,8 @@ def summary(results: dict[str, Any]) -> str:
         from .rooms import summary_lines
 
         lines += summary_lines(phase)
+        if phase.get("profile"):
+            lines.append(profile_text(phase["profile"]))
     return "\n".join(lines)
 
 

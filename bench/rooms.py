@@ -47,8 +47,16 @@ import redis
 from quart_chat import keys
 
 from . import proc
-from .fanout import CONTENDED, ChatServer, Environment, login_many, open_clients, percentile
-from .wsclient import ROOM_STAMP, ChatClient, Hub, connect
+from .fanout import (
+    CONTENDED,
+    ChatServer,
+    Environment,
+    login_many,
+    open_clients,
+    percentile,
+    profile_worker,
+)
+from .wsclient import ROOM_STAMP, ChatClient, Hub, Step, connect
 
 GENERAL = "general"
 # Fixed channels every worker subscribes to: chat:presence, chat:session-revoked, chat:users.
@@ -602,6 +610,10 @@ async def measure(
             samples.append(await asyncio.to_thread(sample))
 
     sampler = asyncio.create_task(sample_window())
+    profiler = None
+    if args.profile:
+        window = Step(0, 0, 0.0, 0, observer.window_start, observer.window_end)
+        profiler = asyncio.create_task(profile_worker(server, window, args.profile, 0))
     send_lag: list[float] = []
     general = GENERAL
     for at, g, sender in schedule:
@@ -624,6 +636,7 @@ async def measure(
             }
         )
     await sampler
+    profile = await profiler if profiler is not None else None
 
     # Drain: every expected delivery, or until progress stalls.
     expected_unreads = observer.expected_unreads()
@@ -650,6 +663,7 @@ async def measure(
     result = report(observer, clients, samples, final_buses, buses, pids, send_lag, drain_s)
     deliveries, window = result["deliveries_in_window"], result["window_s"]
     result["idle_server_cpu_share"] = idle_cpu_share
+    result["profile"] = profile
     result["server_cpu_ms_per_1000_above_idle"] = (
         (result["server_cpu_s"] - idle_cpu_share * window) * 1e6 / deliveries
         if deliveries
