@@ -41,13 +41,16 @@ class IssueOutcome(enum.StrEnum):
     RESEND_WAIT = "resend_wait"
     NOT_ALLOWED = "not_allowed"
     LOCKED = "locked"
+    DEACTIVATED = "deactivated"
 
 
-# KEYS: code, resend, failures, code mail pointer, new mail hash, outbox stream.
+# KEYS: code, resend, failures, code mail pointer, new mail hash, outbox stream,
+# deactivated flag.
 # ARGV: mac, ttl, resend seconds, failure limit, allowed (1/0), mail id, mail, kind.
 # The lockout is checked first so a locked address behaves the same whether or
-# not it is allowed. The mail is queued here, not by the caller, so the caller
-# does the same work whatever the outcome. The address's keys share a slot; the
+# not it is allowed. A deactivated user's address gets nothing. The mail is
+# queued here, not by the caller, so the caller does the same work whatever the
+# outcome. The address's keys share a slot; the
 # mail hash and the outbox stream are in the outbox's own (see keys.py).
 _ISSUE = (
     QUEUE_MAIL_LUA
@@ -55,6 +58,7 @@ _ISSUE = (
 local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
 if failures >= tonumber(ARGV[4]) then return 'locked' end
 if ARGV[5] ~= '1' then return 'not_allowed' end
+if redis.call('EXISTS', KEYS[7]) == 1 then return 'deactivated' end
 if tonumber(ARGV[3]) > 0 and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
   return 'resend_wait'
 end
@@ -72,7 +76,7 @@ return 'issued'
 """
 )
 
-# KEYS: code, failures. ARGV: failure limit, failure window seconds.
+# KEYS: code, failures, deactivated flag. ARGV: failure limit, failure window seconds.
 # Counts this try against the address's daily limit *before* it is checked, so
 # concurrent tries cannot all pass a limit they read before any was counted.
 # A try over the limit is refused and not kept, so the count stops at the
@@ -87,6 +91,7 @@ if failures > tonumber(ARGV[1]) then
   redis.call('DECR', KEYS[2])
   return {-1, false}
 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {failures, false} end
 return {failures, redis.call('HGET', KEYS[1], 'mac')}
 """
 
@@ -152,6 +157,7 @@ async def issue_code(redis: Redis, settings: Settings, email: str) -> IssueOutco
             keys.login_code_mail(email),
             keys.mail(mail_id),
             keys.MAIL_OUTBOX,
+            keys.login_deactivated(email),
         ],
         args=[
             code_mac(settings, email, code),
@@ -176,6 +182,8 @@ async def issue_code(redis: Redis, settings: Settings, email: str) -> IssueOutco
             email,
             settings.code_failures_per_email_day,
         )
+    elif outcome is IssueOutcome.DEACTIVATED:
+        log.info("login code not sent to %s: the user is deactivated", email)
     else:
         log.info(
             "login code not sent to %s: not in CHAT_ALLOWED_EMAILS / CHAT_ALLOWED_EMAIL_DOMAINS",
@@ -197,7 +205,8 @@ async def verify_code(redis: Redis, settings: Settings, email: str, code: str) -
     limit = settings.code_failures_per_email_day
     code_key, failures_key = keys.login_code(email), keys.login_code_failures(email)
     failures, stored = await script(redis, _RESERVE)(
-        keys=[code_key, failures_key], args=[limit, FAILURE_WINDOW_SECONDS]
+        keys=[code_key, failures_key, keys.login_deactivated(email)],
+        args=[limit, FAILURE_WINDOW_SECONDS],
     )
     if int(failures) < 0:
         log.warning(

@@ -24,8 +24,10 @@ reader sees half of it:
 - a first login claims the address in `users:by-email`, writes the profile,
   indexes the name in `users:names` and sets the `general` read marker from
   `{room:general}:meta` (models/users.py `_CLAIM_USER`);
-- renaming, deactivating or reactivating a user updates the profile and
-  `users:names` (models/users.py `_SET_NAME`, `_SET_DEACTIVATED`);
+- renaming a user updates the profile and `users:names` (models/users.py
+  `_SET_NAME`); deactivating or reactivating also sets or clears the
+  address's `{login:<hash>}:deactivated` flag, which the login-code scripts
+  check in their own slot (`_SET_DEACTIVATED`);
 - creating a room claims its name in `rooms:names`, adds it to `rooms:public`
   and adds it to every member's `{user:<id>}:rooms` (models/rooms.py `_CREATE`);
 - joining, inviting, removing and leaving update `{room:<id>}:members` and the
@@ -186,6 +188,11 @@ def login_code_mail(email: str) -> str:
     return f"{email_tag(email)}:mail"
 
 
+def login_deactivated(email: str) -> str:
+    """Set while the address's user is deactivated: no code is issued or accepted."""
+    return f"{email_tag(email)}:deactivated"
+
+
 def mail(mail_id: str) -> str:
     return f"{{mail}}:{mail_id}"
 
@@ -228,7 +235,7 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         rf"\{{user:{_ID}\}}:ratelimit:[a-z-]+",
         r"ratelimit:[a-z-]+:ip:.+",
         r"session:[A-Za-z0-9_-]+",
-        rf"\{{login:{_HEX16}\}}:(code|resend|failures|mail)",
+        rf"\{{login:{_HEX16}\}}:(code|resend|failures|mail|deactivated)",
         r"\{mail\}:[0-9a-f]+",
     )
 )

@@ -150,7 +150,7 @@ async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
         frame = await receive(ws)
         if frame["type"] == kind:
             return frame
-        assert frame["type"] == "presence", frame
+        assert frame["type"] in ("presence", "unread"), frame
 
 
 async def join(ws: ClientConnection, after: str | None = None) -> list[str]:

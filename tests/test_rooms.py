@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from quart_chat import keys
-from quart_chat.models.messages import RoomHistory
+from quart_chat.models.messages import NotMember, RoomHistory
 from quart_chat.models.rooms import GENERAL, Room, RoomError, RoomStore
 from quart_chat.models.users import User, get_or_create_user, set_deactivated, set_name
 from quart_chat.storage import Pipelined
@@ -109,6 +109,7 @@ async def test_a_created_room_lists_its_members_and_is_found_by_everyone_it_shou
         ("public", "x" * 81, "", "room name must be 1 to 80 characters"),
         ("public", "a\nb", "", "room name must not contain control characters"),
         ("public", "x", "t" * 251, "topic must be at most 250 characters"),
+        ("public", "x", "two\nlines", "topic must not contain control characters"),
     ],
 )
 async def test_invalid_rooms_are_refused(
@@ -257,6 +258,9 @@ async def test_any_member_invites_and_only_the_creator_or_an_admin_removes(world
         "not a member",
     )
     assert (await store.remove(room.id, ann, bob.id, admin=False)).member_count == 1
+    # Removed means removed at once: no more posting there.
+    with pytest.raises(NotMember):
+        await world.post(room.id, bob)
 
 
 async def test_leaving_a_private_room_needs_an_invite_to_come_back(world: World) -> None:
@@ -448,3 +452,17 @@ async def test_rooms_of_lists_general_first_then_by_name_without_archived(world:
     old = await store.create(ann, "private", "beta", "", [])
     await store.update(old.id, ann, admin=False, name=None, topic=None, archived=True)
     assert await world.names_of_rooms(ann) == ["general", "Alpha", "mid", "zeta"]
+
+
+async def test_concurrent_opens_of_one_direct_room_make_one(world: World) -> None:
+    store, ann, bob, cat = world.store, world.ann, world.bob, world.cat
+    opened = await asyncio.gather(
+        *(
+            store.open_direct(user, [o.id for o in (ann, bob, cat) if o != user])
+            for user in (ann, bob, cat) * 4
+        )
+    )
+    assert len({room.id for room, _ in opened}) == 1
+    assert sum(created for _, created in opened) == 1
+    assert await world.redis.hlen(keys.ROOMS_DIRECT) == 1
+    assert await world.names_of_rooms(cat) == ["general", "ann, bob"]

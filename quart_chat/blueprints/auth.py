@@ -94,6 +94,9 @@ async def login() -> tuple[dict[str, object], int]:
     if previous is not None:
         await revoke_session(app.redis, previous)
     user = await get_or_create_user(app.redis, email)
+    if user.deactivated:
+        # Deactivated between the code check and now: the same answer as a wrong code.
+        raise APIError(400, "invalid_code")
     session_id = await create_session(app.redis, user, settings.session_seconds)
     # remember=True gives the cookie a Max-Age of CHAT_SESSION_DAYS, matching the Redis TTL.
     login_user(SessionUser(session_id), remember=True)

@@ -317,8 +317,8 @@ def validate_topic(topic: str) -> str:
     topic = topic.strip()
     if len(topic) > MAX_TOPIC:
         raise RoomError(BAD_REQUEST, f"topic must be at most {MAX_TOPIC} characters")
-    if any(unicodedata.category(char) in {"Cs"} for char in topic):
-        raise RoomError(BAD_REQUEST, "topic must be valid text")
+    if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in topic):
+        raise RoomError(BAD_REQUEST, "topic must not contain control characters")
     return topic
 
 
@@ -410,9 +410,10 @@ class RoomStore:
         return bool(found)
 
     async def member_ids(self, room_id: str) -> set[str]:
-        """For general: every active user (the directory)."""
+        """For general: every active user (the whole directory; better not)."""
         if room_id == GENERAL:
-            return {user.id for user in await self._general_members()}
+            entries = await self.reads.execute_command("ZRANGE", keys.USERS_NAMES, 0, -1)
+            return {as_text(entry).rpartition("\x00")[2] for entry in entries}
         if not ROOM_ID.fullmatch(room_id):
             return set()
         ids = await self.reads.execute_command("SMEMBERS", keys.room_members(room_id))

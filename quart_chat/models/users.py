@@ -89,6 +89,7 @@ end
 return 1
 """
 
+# KEYS: as above, then the address's login flag (keys.login_deactivated).
 _SET_DEACTIVATED = """
 local current = redis.call('HGET', KEYS[1], 'name')
 if not current then return 0 end
@@ -96,9 +97,11 @@ if current ~= ARGV[1] then return -1 end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'deactivated', '1')
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[3], '1')
 else
   redis.call('HDEL', KEYS[1], 'deactivated')
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  redis.call('DEL', KEYS[3])
 end
 return 1
 """
@@ -187,22 +190,29 @@ async def set_name(redis: Redis, user: User, name: str) -> User:
 async def set_deactivated(redis: Redis, user_id: str, deactivated: bool) -> User | None:
     """Flag the user and take them out of the directory, or undo both; None if unknown.
 
-    Their sessions are not touched here: see `sessions.revoke_user_sessions`.
-    (`load_session` refuses a deactivated user's sessions anyway.)
+    Their address gets no login code and no code logs them in while deactivated
+    (quart_chat/codes.py checks the flag set here). Their sessions are not
+    touched here: see `sessions.revoke_user_sessions` (`load_session` refuses a
+    deactivated user's sessions anyway).
     """
-    user = await _change_profile(redis, user_id, _SET_DEACTIVATED, "1" if deactivated else "0")
+    flag = "1" if deactivated else "0"
+    user = await _change_profile(redis, user_id, _SET_DEACTIVATED, flag, login_flag=True)
     return None if user is None else User(user.id, user.name, user.email, deactivated)
 
 
-async def _change_profile(redis: Redis, user_id: str, text: str, *args: str) -> User | None:
+async def _change_profile(
+    redis: Redis, user_id: str, text: str, *args: str, login_flag: bool = False
+) -> User | None:
     """Run a profile script with the name read just before; the user as read, or None."""
     for _ in range(_PROFILE_TRIES):
         user = await get_user(redis, user_id)
         if user is None:
             return None
+        names = [keys.user_profile(user_id), keys.USERS_NAMES]
+        if login_flag:
+            names.append(keys.login_deactivated(user.email))
         result = await script(redis, text)(
-            keys=[keys.user_profile(user_id), keys.USERS_NAMES],
-            args=[user.name, directory_entry(user.name, user_id), *args],
+            keys=names, args=[user.name, directory_entry(user.name, user_id), *args]
         )
         if int(result) == 1:
             return user

@@ -45,6 +45,9 @@ DISPATCH_BATCH = 16
 # timeouts: redis-py's own socket timeout would not cover a silent dead peer.
 PUBSUB_IDLE_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+# A safety net only: a SUBSCRIBE is answered before any later PING, and an
+# unanswered PING drops the connection (failing every wait) much sooner.
+ENSURE_TIMEOUT_SECONDS = 60.0
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 # Channels per SUBSCRIBE command when many are (re)subscribed at once.
@@ -82,7 +85,8 @@ class Bus:
         self._confirmed: set[str] = set()
         self._dirty: set[str] = set()
         self._kick = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        self._first = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._backoff = BACKOFF_FIRST_SECONDS
         self._last_heard = 0.0
@@ -114,6 +118,7 @@ class Bus:
     def unwant(self, channel: str) -> None:
         self._wanted.discard(channel)
         self._mark(channel)
+        self._settle(channel, False)
 
     def _mark(self, channel: str) -> None:
         self._dirty.add(channel)
@@ -121,24 +126,47 @@ class Bus:
 
     async def ensure(self, channels: Iterable[str]) -> bool:
         """Wait until Redis confirmed every channel; False if one stopped being wanted
-        meanwhile (its room was left), `BusDown` if the connection is down or slow."""
-        channels = list(channels)
+        meanwhile (its room was left), `BusDown` if the connection is or goes down.
+
+        Each wait is on its channel's own future, so a burst of sockets (a
+        reconnect storm) costs one wake-up per socket, not one per socket per
+        confirmation. No deadline of its own: a silent connection is found by
+        the watchdog, and going down fails every wait.
+        """
+        waits = []
+        for channel in channels:
+            if not self.subscribed:
+                raise BusDown("Redis pub/sub is not subscribed")
+            if channel not in self._wanted:
+                return False
+            if not self.confirmed(channel):
+                future = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(channel, []).append(future)
+                waits.append(future)
+        if not waits:
+            return True
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                while True:
-                    if not self.subscribed:
-                        raise BusDown("Redis pub/sub is not subscribed")
-                    if any(c not in self._wanted for c in channels):
-                        return False
-                    if all(self.confirmed(c) for c in channels):
-                        return True
-                    await self._changed.wait()
+            async with asyncio.timeout(ENSURE_TIMEOUT_SECONDS):
+                results = await asyncio.gather(*waits)
         except TimeoutError:
             raise BusDown("Redis did not confirm a subscription in time") from None
+        finally:
+            for future in waits:
+                future.cancel()  # the others, when one failed
+        return all(results)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _settle(self, channel: str, result: bool) -> None:
+        """Tell the channel's waiters: confirmed (True) or no longer wanted (False)."""
+        for future in self._waiters.pop(channel, ()):
+            if not future.done():
+                future.set_result(result)
+
+    def _fail_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(BusDown("Redis pub/sub connection lost"))
 
     # -- the connection -------------------------------------------------------------
 
@@ -165,7 +193,7 @@ class Bus:
         self._confirmed.clear()
         self._dirty = set(self._wanted)
         self._kick.set()
-        self._notify()
+        self._fail_waiters()
 
     async def _listen_once(self) -> None:
         # A dedicated connection without silent reconnect-and-resubscribe.
@@ -198,7 +226,6 @@ class Bus:
             await self._await_first(first, tasks)
             raise_if_cancelled()
             self._subscribed.set()
-            self._notify()
             self._backoff = BACKOFF_FIRST_SECONDS
             self._on_up()
             log.info("worker %s subscribed to Redis pub/sub", self.worker_id)
@@ -217,7 +244,8 @@ class Bus:
         """The fixed channels and those wanted at connect, confirmed; or the reason not."""
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
             while not all(self.confirmed(c) for c in channels if c in self._wanted or c in FIXED):
-                changed = asyncio.create_task(self._changed.wait())
+                self._first.clear()
+                changed = asyncio.create_task(self._first.wait())
                 done, _ = await asyncio.wait([changed, *tasks], return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
                 for task in done:
@@ -289,7 +317,9 @@ class Bus:
             self._confirmed.add(channel)
         else:
             self._confirmed.discard(channel)
-        self._notify()
+        if self.confirmed(channel):
+            self._settle(channel, True)
+        self._first.set()
 
     async def _watch(self, pubsub: PubSub) -> None:
         """PING a connection that has been silent; only an unanswered PING means it is dead.

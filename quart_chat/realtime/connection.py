@@ -102,6 +102,22 @@ BACKLOG_REQUESTS_PER_SOCKET = 20
 # At most one pong per this interval on a socket; pings in between are dropped
 # without a word, so a ping flood costs a JSON parse each and amplifies nothing.
 PONG_INTERVAL_SECONDS = 0.25
+# Frames that change rooms or names publish to other users' sockets: they count
+# against the user's message limit (CHAT_MESSAGES_PER_MINUTE), like a message.
+WRITES = (
+    RoomCreate,
+    RoomJoin,
+    RoomLeave,
+    RoomInvite,
+    RoomRemove,
+    RoomUpdate,
+    DmOpen,
+    Profile,
+    UserDeactivate,
+    UserReactivate,
+)
+# Frames answered with a list of up to 50 rooms or people count like `history`.
+LISTS = (Members, People, RoomsBrowse)
 
 
 class ChatConnection:
@@ -265,6 +281,10 @@ class ChatConnection:
             ) from None
 
     async def _serve(self, frame: ClientFrame) -> None:
+        if isinstance(frame, WRITES):
+            await self._limit_writes(frame.ref)
+        elif isinstance(frame, LISTS):
+            await self._limit_backlog(frame.ref)
         match frame:
             case Send():
                 await self._post(frame)
@@ -348,22 +368,22 @@ class ChatConnection:
 
     # -- messages -------------------------------------------------------------------
 
-    async def _post(self, frame: Send) -> None:
-        hub = self.hub
+    async def _limit_writes(self, ref: str | None, client_id: str | None = None) -> None:
+        """Count a message, or a change other users hear of, against the user's limit."""
         retry_after = await hit_limit(
-            hub.redis,
+            self.hub.redis,
             keys.user_rate_limit(self.user.id, "send"),
-            hub.settings.messages_per_minute,
+            self.hub.settings.messages_per_minute,
             SEND_WINDOW_SECONDS,
         )
         if retry_after is not None:
             raise FrameError(
-                RATE_LIMITED,
-                "too many messages",
-                frame.client_id,
-                frame.ref,
-                retry_after=retry_after,
+                RATE_LIMITED, "too many messages", client_id, ref, retry_after=retry_after
             )
+
+    async def _post(self, frame: Send) -> None:
+        hub = self.hub
+        await self._limit_writes(frame.ref, frame.client_id)
         # Membership is checked by the post script, in the same step as the store.
         try:
             posted = await hub.history.post(frame.room, self.user, frame.text, frame.client_id)

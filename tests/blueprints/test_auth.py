@@ -20,6 +20,7 @@ from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.config import Settings
+from quart_chat.models.users import find_user_by_email, set_deactivated
 from quart_chat.web import SessionUser
 
 from ..conftest import make_settings
@@ -860,3 +861,58 @@ async def test_a_refused_mail_does_not_block_a_new_code(
     assert (await request_code(client)).status_code == 202
     code = await read_code(smtp)
     assert (await client.post("/login", json={"email": EMAIL, "code": code})).status_code == 200
+
+
+# --- deactivated users ------------------------------------------------------
+
+
+async def test_a_deactivated_address_gets_the_same_answer_and_no_mail(
+    start_app: StartApp, smtp: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quart_chat")
+    app, client = await start_app(code_resend_seconds=0)
+    await log_in(client, smtp)
+    user = await find_user_by_email(app.redis, EMAIL)
+    assert user is not None
+    # Logged in until deactivated: then that session is gone too.
+    assert (await client.get("/whoami")).status_code == 200
+    await set_deactivated(app.redis, user.id, True)
+    assert (await client.get("/whoami")).status_code == 401
+    answers = []
+    for email in (EMAIL, "nobody@example.com"):
+        response = await request_code(client, email)
+        answers.append((response.status_code, await response.get_json()))
+    assert answers == [(202, {"status": "sent", "resend_after": 0})] * 2
+    await drain(app)
+    assert len(smtp.messages_to(EMAIL)) == 1  # the one that logged in before
+    assert "login code not sent to ada@example.com: the user is deactivated" in caplog.text
+    # Reactivated, the address gets codes again.
+    await set_deactivated(app.redis, user.id, False)
+    assert (await request_code(client)).status_code == 202
+    await read_code(smtp, count=2)
+
+
+async def test_a_code_issued_before_deactivation_fails_like_a_wrong_one(
+    start_app: StartApp, smtp: SmtpSink
+) -> None:
+    app, client = await start_app(code_resend_seconds=0)
+    await log_in(client, smtp)
+    await client.post("/logout")
+    assert (await request_code(client)).status_code == 202
+    code = await read_code(smtp, count=2)
+    user = await find_user_by_email(app.redis, EMAIL)
+    assert user is not None
+    await set_deactivated(app.redis, user.id, True)
+    for attempt in (code, wrong(code)):
+        response = await client.post("/login", json={"email": EMAIL, "code": attempt})
+        assert (response.status_code, await response.get_json()) == (
+            400,
+            {"error": "invalid_code"},
+        )
+    assert (await client.get("/whoami")).status_code == 401
+    await set_deactivated(app.redis, user.id, False)
+    assert (await request_code(client)).status_code == 202
+    fresh = await read_code(smtp, count=3)
+    response = await client.post("/login", json={"email": EMAIL, "code": fresh})
+    assert response.status_code == 200
+    assert (await (await client.get("/whoami")).get_json())["id"] == user.id

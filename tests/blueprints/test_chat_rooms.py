@@ -1,0 +1,443 @@
+"""Rooms, direct messages and people over the WebSocket (SPEC §8), through the Quart test
+client and a real Redis: what each user's sockets see, and what they never see."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart.testing.connections import WebsocketDisconnectError
+from quart.typing import TestWebsocketConnectionProtocol as Socket
+from redis.asyncio import Redis
+
+from quart_chat import keys
+from quart_chat.app import create_app
+from quart_chat.base import ChatApp
+from quart_chat.realtime import connection
+
+from ..chatting import log_in, receive, receive_type, start
+from ..conftest import make_settings
+
+ADMIN = "root@example.com"
+_refs = itertools.count()
+
+
+@pytest.fixture
+async def app(redis_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[ChatApp]:
+    app = create_app(make_settings(redis_url, tmp_path, admin_emails=[ADMIN]))
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture(autouse=True)
+def every_ping_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection, "PONG_INTERVAL_SECONDS", 0.0)
+
+
+# Frames read while looking for another, per socket, for the next look.
+_held: dict[int, list[dict[str, Any]]] = {}
+
+
+async def next_frame(ws: Socket) -> dict[str, Any]:
+    held = _held.get(id(ws))
+    if held:
+        return held.pop(0)
+    return await receive(ws)
+
+
+async def ask(ws: Socket, frame: dict[str, Any]) -> dict[str, Any]:
+    """Send `frame` with a fresh `ref`; the frame that answers it (carrying that ref).
+    Frames that come first are kept for `frames_until`."""
+    ref = f"ref-{next(_refs)}"
+    await ws.send_json({**frame, "ref": ref})
+    skipped = []
+    while True:
+        answer = await receive(ws)
+        if answer.get("ref") == ref:
+            _held.setdefault(id(ws), []).extend(skipped)
+            return answer
+        skipped.append(answer)
+
+
+async def frames_until(ws: Socket, kind: str, **fields: Any) -> list[dict[str, Any]]:
+    """Every frame up to and including the first of `kind` with these fields, presence
+    news left out."""
+    seen = []
+    while True:
+        frame = await next_frame(ws)
+        if frame["type"] == "presence":
+            continue
+        seen.append(frame)
+        if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+            return seen
+
+
+async def room_frame_where(ws: Socket, **fields: Any) -> dict[str, Any]:
+    """The next `room` frame whose room object has these fields."""
+    while True:
+        room: dict[str, Any] = (await frames_until(ws, "room"))[-1]["room"]
+        if all(room.get(k) == v for k, v in fields.items()):
+            return room
+
+
+async def create_room(ws: Socket, name: str, kind: str = "private", **extra: Any) -> str:
+    reply = await ask(ws, {"type": "room_create", "kind": kind, "name": name, **extra})
+    assert reply["type"] == "room", reply
+    room_id: str = reply["room"]["id"]
+    return room_id
+
+
+async def join_room(ws: Socket, room: str) -> list[dict[str, Any]]:
+    reply = await ask(ws, {"type": "join", "room": room})
+    assert reply["type"] == "history", reply
+    messages: list[dict[str, Any]] = reply["messages"]
+    return messages
+
+
+async def post(ws: Socket, room: str, text: str) -> dict[str, Any]:
+    """Post and wait for the stored message (the echo through the room, or directly)."""
+    await ws.send_json({"type": "send", "room": room, "text": text, "client_id": text})
+    while True:
+        frame = await receive(ws)
+        if frame["type"] == "message" and frame["client_id"] == text:
+            return frame
+        assert frame["type"] in ("presence", "unread", "room", "read"), frame
+
+
+async def snapshot(redis: Redis, *patterns: str) -> dict[bytes, bytes | None]:
+    """Every key matching the patterns, dumped: equal snapshots mean nothing was stored."""
+    names = [
+        name
+        for pattern in patterns
+        async for name in redis.scan_iter(match=pattern)
+        if b":ratelimit:" not in name
+    ]
+    return {name: await redis.dump(name) for name in sorted(names)}
+
+
+# -- nobody learns about a room they are not in ----------------------------------------
+
+
+def room_frames(room: str, bob_id: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "join", "room": room},
+        {"type": "send", "room": room, "text": "let me in", "client_id": "c1"},
+        {"type": "history", "room": room},
+        {"type": "typing", "room": room},
+        {"type": "read", "room": room, "id": "99999999999999-0"},
+        {"type": "members", "room": room},
+        {"type": "room_invite", "room": room, "user": bob_id},
+        {"type": "room_remove", "room": room, "user": bob_id},
+        {"type": "room_update", "room": room, "topic": "mine now"},
+        {"type": "room_leave", "room": room},
+        {"type": "room_join", "room": room},
+    ]
+
+
+async def test_every_room_frame_from_an_outsider_is_refused_alike_and_changes_nothing(
+    app: ChatApp, redis: Redis
+) -> None:
+    """Campfire's rule: a private room and no room at all look the same from outside."""
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+        await start(ann_ws)
+        await start(bob_ws)
+        secret = await create_room(bob_ws, "secret plans")
+        await join_room(bob_ws, secret)
+        await post(bob_ws, secret, "the plan")
+        before = await snapshot(redis, "{room:*", f"{{user:{ann.user.id}}}:*", "rooms:*")
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for room in (secret, "r0000000000000000"):
+            for frame in room_frames(room, bob.user.id):
+                answers.setdefault(frame["type"], []).append(await ask(ann_ws, frame))
+        for kind, (private, missing) in answers.items():
+            assert private["type"] == "error", (kind, private)
+            assert private["code"] == "not_allowed", (kind, private)
+            assert private["message"] == missing["message"] == "no such room", kind
+            assert {k: v for k, v in private.items() if k != "ref"} == {
+                k: v for k, v in missing.items() if k != "ref"
+            }
+        assert answers["send"][0]["client_id"] == "c1"
+        after = await snapshot(redis, "{room:*", f"{{user:{ann.user.id}}}:*", "rooms:*")
+        assert after == before
+        # Nor does anything of the room reach her: Bob's next message there comes
+        # before his next one in general, which she does see.
+        await post(bob_ws, secret, "still secret")
+        await post(bob_ws, "general", "hello all")
+        seen = await frames_until(ann_ws, "message", text="hello all")
+        assert [f for f in seen if secret in str(f)] == []
+
+
+async def test_a_send_to_a_room_one_is_not_in_stores_nothing(app: ChatApp, redis: Redis) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as ws:
+        await start(ws)
+        error = await ask(ws, {"type": "send", "room": "r1", "text": "hi", "client_id": "c9"})
+        assert error == {
+            "type": "error",
+            "code": "not_allowed",
+            "message": "no such room",
+            "client_id": "c9",
+            "ref": error["ref"],
+        }
+        assert await redis.exists(keys.room_history("r1")) == 0
+
+
+# -- replies carry the request's ref ------------------------------------------------------
+
+
+async def test_every_direct_reply_and_error_carries_the_requests_ref(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as ws:
+        await start(ws)
+        kinds = {
+            "ping": "pong",
+            "people": "people",
+            "rooms_browse": "rooms",
+            "history": "history",
+            "members": "members",
+            "profile": "user",
+            "room_create": "room",
+        }
+        frames = {
+            "history": {"room": "general"},
+            "members": {"room": "general"},
+            "profile": {"name": "Ann"},
+            "room_create": {"kind": "public", "name": "lobby"},
+        }
+        for kind, answer in kinds.items():
+            reply = await ask(ws, {"type": kind, **frames.get(kind, {})})
+            assert reply["type"] == answer, reply
+        room = await create_room(ws, "plans")
+        assert (await ask(ws, {"type": "room_leave", "room": room}))["type"] == "ok"
+        error = await ask(ws, {"type": "members", "room": "no/such"})
+        assert error["code"] == "bad_request"
+        await ws.send_json({"type": "ping", "ref": "x" * 65})
+        refused = await receive_type(ws, "error")
+        assert refused["code"] == "bad_request" and "ref" not in refused
+
+
+# -- membership changes reach the sockets -----------------------------------------------
+
+
+async def test_an_invite_shows_the_room_on_every_tab_and_removal_takes_it_from_all(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as tab1, bob.socket() as tab2:
+        for ws in (ann_ws, tab1, tab2):
+            await start(ws)
+        room = await create_room(ann_ws, "plans")
+        await join_room(ann_ws, room)
+        assert (await ask(ann_ws, {"type": "room_invite", "room": room, "user": bob.user.id}))[
+            "type"
+        ] == "ok"
+        for tab in (tab1, tab2):
+            added = (await frames_until(tab, "room"))[-1]
+            assert added["room"]["id"] == room and added["room"]["unread"] == 0
+        await join_room(tab1, room)  # tab2 only watches the room
+        await post(ann_ws, room, "first")
+        assert (await frames_until(tab1, "message"))[-1]["text"] == "first"
+        bump = (await frames_until(tab2, "unread"))[-1]
+        assert bump == {"type": "unread", "room": room, "id": bump["id"], "user": ann.user.id}
+        members = await ask(ann_ws, {"type": "members", "room": room})
+        assert sorted(u["id"] for u in members["users"]) == sorted([ann.user.id, bob.user.id])
+
+        await ask(ann_ws, {"type": "room_remove", "room": room, "user": bob.user.id})
+        for tab in (tab1, tab2):
+            removed = (await frames_until(tab, "room_removed"))[-1]
+            assert removed == {"type": "room_removed", "room": room, "reason": "removed"}
+        await post(ann_ws, room, "after")
+        await post(ann_ws, "general", "marker")
+        for tab in (tab1, tab2):
+            seen = await frames_until(tab, "message", text="marker")
+            assert [f for f in seen if f.get("room") == room] == []
+        refused = await ask(tab1, {"type": "history", "room": room})
+        assert refused["code"] == "not_allowed"
+
+
+async def test_a_direct_room_is_the_same_whoever_opens_it_and_appears_for_the_other(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+        await start(ann_ws)
+        await start(bob_ws)
+        opened = await ask(ann_ws, {"type": "dm_open", "users": [bob.user.id]})
+        assert opened["type"] == "room" and opened["room"]["kind"] == "direct"
+        assert opened["room"]["name"] == "bob"
+        room = opened["room"]["id"]
+        shown = (await frames_until(bob_ws, "room"))[-1]
+        assert shown["room"]["id"] == room and shown["room"]["name"] == "ann"
+        again = await ask(bob_ws, {"type": "dm_open", "users": [ann.user.id]})
+        assert again["room"]["id"] == room
+        twice = await ask(ann_ws, {"type": "dm_open", "users": [bob.user.id, bob.user.id]})
+        assert twice["room"]["id"] == room
+        await join_room(bob_ws, room)
+        await post(ann_ws, room, "psst")
+        assert (await frames_until(bob_ws, "message"))[-1]["text"] == "psst"
+        left = await ask(bob_ws, {"type": "room_leave", "room": room})
+        assert left["code"] == "not_allowed"
+
+
+async def test_read_moves_forward_only_and_reaches_every_tab(app: ChatApp, redis: Redis) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as tab1, ann.socket() as tab2, bob.socket() as bob_ws:
+        for ws in (tab1, tab2, bob_ws):
+            await start(ws)
+        ids = [(await post(bob_ws, "general", f"m{n}"))["id"] for n in range(3)]
+        ok = await ask(tab1, {"type": "read", "room": "general", "id": ids[1]})
+        assert ok == {"type": "ok", "ref": ok["ref"]}
+        for tab in (tab1, tab2):
+            read = (await frames_until(tab, "read"))[-1]
+            assert read == {
+                "type": "read",
+                "room": "general",
+                "id": ids[1],
+                "unread": 1,
+                "mentions": 0,
+            }
+        # Backwards: nothing moves and no tab hears of it.
+        await tab2.send_json({"type": "read", "room": "general", "id": ids[0]})
+        await ask(tab2, {"type": "read", "room": "general", "id": ids[2]})
+        for tab in (tab1, tab2):
+            assert (await frames_until(tab, "read"))[-1]["id"] == ids[2]
+    async with ann.socket() as ws:
+        ready = await receive(ws)
+        [general] = ready["rooms"]
+        assert general["read_id"] == ids[2] and general["unread"] == 0
+
+
+async def test_a_new_name_reaches_everyone_and_every_tab_posts_under_it(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as tab1, ann.socket() as tab2, bob.socket() as bob_ws:
+        for ws in (tab1, tab2, bob_ws):
+            await start(ws)
+        reply = await ask(tab1, {"type": "profile", "name": "Annie"})
+        assert reply["user"] == {"id": ann.user.id, "name": "Annie"}
+        for ws in (tab2, bob_ws):
+            assert (await frames_until(ws, "user"))[-1]["user"]["name"] == "Annie"
+        posted = await post(tab2, "general", "from the other tab")
+        assert posted["user"]["name"] == "Annie"
+        refused = await ask(tab1, {"type": "profile", "name": "  "})
+        assert refused["code"] == "bad_request"
+
+
+async def test_archiving_takes_the_room_from_every_member_and_unarchiving_brings_it_back(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as bob_ws:
+        await start(ann_ws)
+        await start(bob_ws)
+        room = await create_room(ann_ws, "old", members=[bob.user.id])
+        assert (await frames_until(bob_ws, "room"))[-1]["room"]["id"] == room
+        renamed = await ask(ann_ws, {"type": "room_update", "room": room, "name": "older"})
+        assert renamed["type"] == "ok"
+        await room_frame_where(bob_ws, id=room, name="older")
+        await ask(ann_ws, {"type": "room_update", "room": room, "archived": True})
+        for ws in (ann_ws, bob_ws):
+            removed = (await frames_until(ws, "room_removed"))[-1]
+            assert removed["reason"] == "archived"
+        await ask(ann_ws, {"type": "room_update", "room": room, "archived": False})
+        for ws in (ann_ws, bob_ws):
+            await room_frame_where(ws, id=room, archived=False, name="older")
+
+
+async def test_only_an_admin_deactivates_and_it_closes_every_socket_with_4401(
+    app: ChatApp, redis: Redis
+) -> None:
+    root = await log_in(app, redis, ADMIN)
+    bob = await log_in(app, redis, "bob@example.com")
+    other_session = await log_in(app, redis, "bob@example.com")
+    async with root.socket() as root_ws, bob.socket() as tab1, other_session.socket() as tab2:
+        ready = await receive(root_ws)
+        assert ready["user"]["admin"] is True
+        for ws in (tab1, tab2):
+            assert (await receive(ws))["user"]["admin"] is False
+        refused = await ask(tab1, {"type": "user_deactivate", "user": root.user.id})
+        assert refused["code"] == "not_allowed"
+        done = await ask(root_ws, {"type": "user_deactivate", "user": bob.user.id})
+        assert done["type"] == "ok"
+        for ws in (tab1, tab2):
+            assert await closed_with(ws) == 4401
+        people = await ask(root_ws, {"type": "people", "q": ""})
+        assert bob.user.id not in [u["id"] for u in people["users"]]
+        assert (await ask(root_ws, {"type": "user_reactivate", "user": bob.user.id}))[
+            "type"
+        ] == "ok"
+        people = await ask(root_ws, {"type": "people", "q": "bo"})
+        assert [u["id"] for u in people["users"]] == [bob.user.id]
+
+
+async def closed_with(ws: Socket) -> int:
+    with pytest.raises(WebsocketDisconnectError) as closed:
+        while True:
+            await asyncio.wait_for(ws.receive(), 5.0)
+    code: int = closed.value.args[0]
+    return code
+
+
+async def test_joining_a_public_room_shows_it_on_the_other_tabs(app: ChatApp, redis: Redis) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with ann.socket() as ann_ws, bob.socket() as tab1, bob.socket() as tab2:
+        for ws in (ann_ws, tab1, tab2):
+            await start(ws)
+        room = await create_room(ann_ws, "lobby", kind="public")
+        browse = await ask(tab1, {"type": "rooms_browse", "q": "lob"})
+        assert [(r["id"], r["member"]) for r in browse["rooms"]] == [(room, False)]
+        joined = await ask(tab1, {"type": "room_join", "room": room})
+        assert joined["room"]["id"] == room and joined["room"]["member_count"] == 2
+        assert (await frames_until(tab2, "room"))[-1]["room"]["id"] == room
+        await room_frame_where(ann_ws, id=room, member_count=2)
+        private = await create_room(ann_ws, "hidden")
+        refused = await ask(tab1, {"type": "room_join", "room": private})
+        assert refused["code"] == "not_allowed" and refused["message"] == "no such room"
+
+
+async def test_unread_bumps_a_watching_socket_and_ready_counts_what_was_missed(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with bob.socket() as bob_ws:
+        await start(bob_ws)
+        for n in range(3):
+            await post(bob_ws, "general", f"while away {n}")
+        async with ann.socket() as ws:
+            ready = await receive(ws)
+            [general] = ready["rooms"]
+            assert general["unread"] == 3
+            posted = await post(bob_ws, "general", "now")
+            assert (await receive_type(ws, "unread"))["id"] == posted["id"]
+
+
+async def test_room_changes_count_against_the_message_limit(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(redis_url, tmp_path, messages_per_minute=3))
+    async with app.test_app():
+        ann = await log_in(app, redis, "ann@example.com")
+        async with ann.socket() as ws:
+            await start(ws)
+            for n in range(3):
+                await create_room(ws, f"room {n}")
+            refused = await ask(ws, {"type": "room_create", "kind": "public", "name": "one more"})
+            assert refused["code"] == "rate_limited" and refused["retry_after"] >= 1
+            browse = await ask(ws, {"type": "rooms_browse"})
+            assert [r["name"] for r in browse["rooms"]] == ["general"]
