@@ -6,8 +6,6 @@ is started by a script, atomically with the first hit.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from .storage import Commands, script
 
 _HIT = """
@@ -27,16 +25,5 @@ async def hit_limit(redis: Commands, key: str, limit: int, window_seconds: int) 
     """
     count, ttl = await script(redis, _HIT)(keys=[key], args=[window_seconds])
     if int(count) > limit:
-        return max(1, int(ttl))
-    return None
-
-
-async def over_limit(redis: Redis, key: str, limit: int) -> int | None:
-    """Like `hit_limit` but without counting: seconds to wait if `key` is at its limit."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.get(key)
-    pipe.ttl(key)
-    count, ttl = await pipe.execute()
-    if count is not None and int(count) >= limit:
         return max(1, int(ttl))
     return None

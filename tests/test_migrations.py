@@ -49,7 +49,7 @@ async def test_an_upgraded_redis_keeps_history_sessions_users_and_lockouts(
         assert page.status_code == 200
         async with client.websocket("/ws", headers={"Cookie": cookie}) as ws:
             ready = await start(ws, join=False)
-            assert ready["user"] == {"id": USER_ID, "name": "ann"}
+            assert ready["user"] == {"id": USER_ID, "name": "ann", "admin": False}
             await ws.send_json({"type": "join", "room": "general"})
             backlog = await receive_type(ws, "history")
             assert [(m["id"], m["text"]) for m in backlog["messages"]] == [

@@ -6,7 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from quart_chat.ratelimit import hit_limit, over_limit
+from quart_chat.ratelimit import hit_limit
 
 
 async def test_allows_up_to_the_limit_then_reports_the_wait(redis: Redis) -> None:
@@ -21,12 +21,3 @@ async def test_window_expires(redis: Redis) -> None:
     await redis.pexpire("rl:short", 1)  # end the window now rather than sleep a second
     await asyncio.sleep(0.05)
     assert await hit_limit(redis, "rl:short", 1, 1) is None
-
-
-async def test_over_limit_does_not_count(redis: Redis) -> None:
-    assert await over_limit(redis, "rl:peek", 2) is None
-    await hit_limit(redis, "rl:peek", 2, 60)
-    assert await over_limit(redis, "rl:peek", 2) is None
-    await hit_limit(redis, "rl:peek", 2, 60)
-    assert await over_limit(redis, "rl:peek", 2) is not None
-    assert int(await redis.get("rl:peek") or 0) == 2

@@ -124,7 +124,7 @@ async def join(tab: Tab, room: str) -> list[str]:
     return [m["id"] for m in reply["messages"]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
     """Poll `check` until it holds: pub/sub changes follow socket closes asynchronously."""
     async with asyncio.timeout(timeout):
         while not await check():

@@ -142,7 +142,7 @@ async def limit_client(action: str, limit: int) -> None:
     key = keys.address_rate_limit(action, request.remote_addr)
     retry_after = await hit_limit(get_app().redis, key, limit, IP_WINDOW_SECONDS)
     if retry_after is not None:
-        raise APIError(429, "rate_limited", retry_after=retry_after)
+        raise APIError.retry_later(429, "rate_limited", retry_after)
 
 
 async def read_fields(*names: str) -> dict[str, str]:

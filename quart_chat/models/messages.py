@@ -12,12 +12,12 @@ misses nothing), and nobody removed from a room can post to it a moment later.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis
 
 from .. import keys
-from ..realtime.protocol import encode, stream_id_key
+from ..realtime.protocol import encode, message_frame, stream_id_key
 from ..storage import Commands, as_text, script
 from .rooms import GENERAL, advance_read
 from .users import User
@@ -78,13 +78,30 @@ class Posted:
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message as read back from its room's stream; `id` is its stream id."""
+
+    room: str
+    id: str
+    user_id: str
+    user_name: str
+    text: str
+    client_id: str
+
+    @property
+    def ts(self) -> int:
+        """When it was stored, in epoch milliseconds: the stream id's first part."""
+        return stream_id_key(self.id)[0]
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
-    messages: list[dict[str, Any]]
+    messages: list[Message]
     has_more: bool
 
     @property
     def last_id(self) -> str | None:
-        return self.messages[-1]["id"] if self.messages else None
+        return self.messages[-1].id if self.messages else None
 
 
 class RoomHistory:
@@ -132,17 +149,17 @@ class RoomHistory:
         original = await self.get(room, message_id)
         if original is None:
             # Trimmed from the stream since: echo the retry itself under the original id.
-            original = _message(room, message_id, user.id, user.name, text, client_id)
-        return Posted(message_id, encode({"type": "message", **original}), created=False)
+            original = Message(room, message_id, user.id, user.name, text, client_id)
+        return Posted(message_id, message_frame(original), created=False)
 
-    async def get(self, room: str, message_id: str) -> dict[str, Any] | None:
+    async def get(self, room: str, message_id: str) -> Message | None:
         key = keys.room_history(room)
         entries = cast(
             list[Entry], await self.reads.execute_command("XRANGE", key, message_id, message_id)
         )
         return _from_entry(room, entries[0]) if entries else None
 
-    async def newest_after(self, room: str, after: str, count: int) -> list[dict[str, Any]]:
+    async def newest_after(self, room: str, after: str, count: int) -> list[Message]:
         """Up to `count` of the newest messages strictly after `after`, oldest first."""
         entries = cast(
             list[Entry],
@@ -165,9 +182,9 @@ class RoomHistory:
         return Page([_from_entry(room, e) for e in reversed(entries[:count])], has_more)
 
 
-def _from_entry(room: str, entry: Entry) -> dict[str, Any]:
+def _from_entry(room: str, entry: Entry) -> Message:
     raw_id, fields = entry
-    return _message(
+    return Message(
         room,
         as_text(raw_id),
         as_text(fields[b"user"]),
@@ -175,16 +192,3 @@ def _from_entry(room: str, entry: Entry) -> dict[str, Any]:
         as_text(fields[b"text"]),
         as_text(fields[b"client_id"]),
     )
-
-
-def _message(
-    room: str, message_id: str, user_id: str, name: str, text: str, client_id: str
-) -> dict[str, Any]:
-    return {
-        "room": room,
-        "id": message_id,
-        "ts": stream_id_key(message_id)[0],
-        "user": {"id": user_id, "name": name},
-        "text": text,
-        "client_id": client_id,
-    }

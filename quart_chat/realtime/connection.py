@@ -21,14 +21,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, NotMember, Page
+from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Message, NotMember, Page
 from ..models.rooms import GENERAL, ReadState, Room, RoomError
 from ..models.sessions import revoke_user_sessions, session_exists
 from ..models.users import (
@@ -92,11 +92,16 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SEND_WINDOW_SECONDS = 60
 # `join` and `history` answer with up to ~100 messages each: limited per user
-# (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers) and per socket,
-# so one runaway tab cannot use up its user's other tabs' share. The socket's
-# count is in memory: a flood from one socket costs no Redis call.
+# (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers). `history` and
+# the lists are also limited per socket, so one runaway tab cannot use up its
+# user's other tabs' share; the socket's count is in memory, so a flood from
+# one socket costs no Redis call. `join` is not counted per socket: it is
+# refused a second time for the same room anyway, so a socket's joins are
+# bounded by its rooms, and a page that reconnects rejoins every room it had
+# open at once (the page opens rooms one by one; 20 a minute is not many).
 BACKLOG_WINDOW_SECONDS = 60
 BACKLOG_REQUESTS_PER_SOCKET = 20
 # At most one pong per this interval on a socket; pings in between are dropped
@@ -116,14 +121,19 @@ WRITES = (
     UserDeactivate,
     UserReactivate,
 )
-# Frames answered with a list of up to 50 rooms or people count like `history`.
+# Frames answered with a list of rooms or people: cheap reads, but answered
+# with up to 50-200 entries, so limited per socket (in memory, no Redis call);
+# the page searches people as one types.
 LISTS = (Members, People, RoomsBrowse)
+LIST_REQUESTS_PER_SOCKET = 60
 
 
 class ChatConnection:
     __slots__ = (
         "_backlog_count",
         "_backlog_window_end",
+        "_lists_count",
+        "_lists_window_end",
         "_ponged",
         "_receive",
         "admin",
@@ -148,6 +158,8 @@ class ChatConnection:
         self.outbox = Outbox(user, session_id, send)
         self._backlog_count = 0
         self._backlog_window_end = 0.0
+        self._lists_count = 0
+        self._lists_window_end = 0.0
 
     @property
     def user(self) -> User:
@@ -201,35 +213,26 @@ class ChatConnection:
     async def _watch_rooms(self) -> list[dict[str, Any]] | None:
         """Subscribe what the user's sockets need, then read their rooms as of then."""
         hub, user = self.hub, self.user
-        fanout = hub.fanout
         await hub.bus.ensure([keys.user_channel(user.id)])
         # A logout announced between the handshake and `add` was missed.
         if not await session_exists(hub.pipelined, self.session_id):
             self.outbox.close(CLOSE_LOGGED_OUT)
             return None
-        load = fanout.begin_load(user.id)
-        try:
-            first = await hub.rooms.rooms_of(user)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room.id for room in first])
+        await self._tracked(hub.rooms.rooms_of(user), lambda rooms: [room.id for room in rooms])
         # Read again once the rooms' channels are confirmed: a message posted in
         # between is then in the counts or bumps the client (or both: the client
         # ignores a bump at or below the room's `last_id`), never in neither.
-        await hub.bus.ensure(fanout.channels_of(user.id))
+        await hub.bus.ensure(hub.fanout.channels_of(user.id))
         rooms = await hub.rooms.rooms_of(user)
         states = await hub.rooms.read_states(user.id, [room.id for room in rooms])
         return [self._viewed(room, states.get(room.id)) for room in rooms]
 
-    def _viewed(
-        self, room: Room, state: ReadState | None, viewer: User | None = None
-    ) -> dict[str, Any]:
-        """The room object with the viewer's own fields (`unread`, `read_id`, ...)."""
-        viewer = viewer or self.user
+    def _viewed(self, room: Room, state: ReadState | None) -> dict[str, Any]:
+        """The room object as this user sees it, with their own fields (`unread`,
+        `read_id`, ...); without a read state, everything counts as read."""
         if state is None:
             state = ReadState(room.last_id, room.seq)
-        return {**room.public(viewer), **self.hub.rooms.viewer_fields(room, state)}
+        return {**room.public(self.user), **self.hub.rooms.viewer_fields(room, state)}
 
     # -- frames -------------------------------------------------------------------
 
@@ -284,7 +287,7 @@ class ChatConnection:
         if isinstance(frame, WRITES):
             await self._limit_writes(frame.ref)
         elif isinstance(frame, LISTS):
-            await self._limit_backlog(frame.ref)
+            self._limit_lists(frame.ref)
         match frame:
             case Send():
                 await self._post(frame)
@@ -339,17 +342,11 @@ class ChatConnection:
     async def _authorise(self, room: str, ref: str | None, client_id: str | None = None) -> None:
         """Redis says the user is a member of `room` (which exists), or `not_allowed`.
 
-        Also records the membership locally: channel events may still be on their
-        way. Removal events seen while Redis is asked win over its answer.
+        Also records the membership here (`_tracked`).
         """
-        fanout, user_id = self.hub.fanout, self.user.id
-        load = fanout.begin_load(user_id)
-        try:
-            member = await self.hub.rooms.is_member(room, user_id)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room] if member else [])
+        member = await self._tracked(
+            self.hub.rooms.is_member(room, self.user.id), lambda member: [room] if member else []
+        )
         if not member:
             raise FrameError(NOT_ALLOWED, NO_SUCH_ROOM, client_id, ref)
 
@@ -400,15 +397,33 @@ class ChatConnection:
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
         self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
 
-    async def _limit_backlog(self, ref: str | None) -> None:
-        """Count a backlog-producing request against the socket's and the user's limits."""
+    def _limit_lists(self, ref: str | None) -> None:
+        """Count a `members`, `people` or `rooms_browse` against the socket's own limit."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._lists_window_end:
+            self._lists_window_end = now + BACKLOG_WINDOW_SECONDS
+            self._lists_count = 0
+        self._lists_count += 1
+        if self._lists_count > LIST_REQUESTS_PER_SOCKET:
+            retry_after = max(1, math.ceil(self._lists_window_end - now))
+            raise FrameError(
+                RATE_LIMITED,
+                f"too many lookups; try again in {retry_after} s",
+                ref=ref,
+                retry_after=retry_after,
+            )
+
+    async def _limit_backlog(self, ref: str | None, *, per_socket: bool = True) -> None:
+        """Count a backlog-producing request against the user's limit (and the socket's,
+        unless it is a `join`)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= self._backlog_window_end:
             self._backlog_window_end = now + BACKLOG_WINDOW_SECONDS
             self._backlog_count = 0
-        self._backlog_count += 1
-        if self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
+        if per_socket:
+            self._backlog_count += 1
+        if per_socket and self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
             retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
         else:
             # Through the pipeline: after a restart every socket joins at once.
@@ -440,7 +455,7 @@ class ChatConnection:
             raise FrameError(
                 BAD_REQUEST, "already joined; use history for older messages", ref=frame.ref
             )
-        await self._limit_backlog(frame.ref)
+        await self._limit_backlog(frame.ref, per_socket=False)
         if not await self.hub.bus.ensure([keys.room_channel(room)]) or not fanout.begin_join(
             outbox, room
         ):
@@ -468,16 +483,14 @@ class ChatConnection:
             )
             return page.last_id
         await self._deliver_pages(room, backlog, ref)
-        return backlog[-1]["id"] if backlog else frame.after
+        return backlog[-1].id if backlog else frame.after
 
     def _deliver_joining(self, room: str, frame: str) -> None:
         """Only while the join is on: a user removed meanwhile gets no more of the room."""
         if self.hub.fanout.is_joining(self.outbox, room):
             self.outbox.deliver(frame)
 
-    async def _deliver_pages(
-        self, room: str, messages: list[dict[str, Any]], ref: str | None
-    ) -> None:
+    async def _deliver_pages(self, room: str, messages: list[Message], ref: str | None) -> None:
         """`messages` as history frames of up to JOIN_PAGE, `has_more` on all but the last;
         paced so live frames still fit in the outbox."""
         starts = range(0, len(messages), JOIN_PAGE) if messages else range(1)
@@ -510,17 +523,23 @@ class ChatConnection:
 
     # -- rooms --------------------------------------------------------------------
 
-    async def _becoming_member(self, change: Awaitable[Room]) -> Room:
-        """Run a model call that makes this user a member; watch the room here at once."""
-        fanout, user_id = self.hub.fanout, self.user.id
-        load = fanout.begin_load(user_id)
+    async def _tracked(self, call: Awaitable[T], rooms: Callable[[T], Iterable[str]]) -> T:
+        """Run a Redis call whose answer tells rooms this user is a member of (`rooms`),
+        and watch them here at once: channel events may still be on their way. Removals
+        that arrive while Redis is asked win over its answer (`Fanout.begin_load`)."""
+        fanout = self.hub.fanout
+        load = fanout.begin_load(self.user.id)
         try:
-            room: Room = await change
+            result = await call
         except BaseException:
             fanout.abandon_load(load)
             raise
-        fanout.finish_load(load, [room.id])
-        return room
+        fanout.finish_load(load, rooms(result))
+        return result
+
+    async def _becoming_member(self, change: Awaitable[Room]) -> Room:
+        """Run a model call that makes this user a member of the room it returns."""
+        return await self._tracked(change, lambda room: [room.id])
 
     def _added(self, room: Room, user: User | None, user_id: str) -> tuple[str, str]:
         """The user-channel payload that adds `room` to a new member's sockets."""
@@ -556,14 +575,9 @@ class ChatConnection:
         await self._reply_room(room, frame.ref)
 
     async def _dm_open(self, frame: DmOpen) -> None:
-        fanout, user = self.hub.fanout, self.user
-        load = fanout.begin_load(user.id)
-        try:
-            room, created = await self.hub.rooms.open_direct(user, frame.users)
-        except BaseException:
-            fanout.abandon_load(load)
-            raise
-        fanout.finish_load(load, [room.id])
+        room, created = await self._tracked(
+            self.hub.rooms.open_direct(self.user, frame.users), lambda opened: [opened[0].id]
+        )
         if created:
             await self._publish(*(self._added(room, m, m.id) for m in room.members))
         await self._reply_room(room, frame.ref)

@@ -30,6 +30,7 @@ from werkzeug.http import parse_cookie
 from werkzeug.sansio.utils import get_host
 
 from ..base import ChatApp
+from ..errors import APIError
 from ..models.sessions import load_session
 from ..models.users import User
 from ..security import is_allowed_origin
@@ -49,16 +50,6 @@ CLOSE_TIMEOUT_SECONDS = 5.0
 # Harmless to expose: a random id per worker process, which shows in tests
 # and load balancer logs which worker serves a socket.
 WORKER_HEADER = "X-Chat-Worker"
-
-
-class Refused(Exception):
-    """A handshake answered with an HTTP error instead of a WebSocket."""
-
-    def __init__(self, status: int, code: str, retry_after: int | None = None) -> None:
-        super().__init__(code)
-        self.status = status
-        self.code = code
-        self.retry_after = retry_after
 
 
 class ChatSocketRoute:
@@ -87,7 +78,7 @@ class ChatSocketRoute:
         try:
             user, session_id = await self.authorise(scope)
             await self.admit(user, address)
-        except Refused as refusal:
+        except APIError as refusal:
             await refuse(scope, send, refusal, self.app.hub.worker_id)
             return
         hub = self.app.hub
@@ -109,19 +100,19 @@ class ChatSocketRoute:
             hub.socket_caps.release(user.id, address)
 
     async def admit(self, user: User, address: str | None) -> None:
-        """Count the socket against the per-user and per-address caps, or `Refused` (429).
+        """Count the socket against the per-user and per-address caps, or `APIError` (429).
 
         One Redis round trip; an admitted socket is released when it ends.
         """
         try:
             await self.app.hub.socket_caps.admit(user.id, address)
         except SocketCapReached as reached:
-            raise Refused(429, reached.code, reached.retry_after) from None
+            raise APIError.retry_later(429, reached.code, reached.retry_after) from None
         except (RedisError, OSError):
-            raise Refused(503, "unavailable") from None
+            raise APIError(503, "unavailable") from None
 
     async def authorise(self, scope: dict[str, Any]) -> tuple[User, str]:
-        """The session's user and id, or `Refused`."""
+        """The session's user and id, or `APIError`."""
         app = self.app
         headers = Headers(
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
@@ -129,41 +120,38 @@ class ChatSocketRoute:
         scheme: str = scope["scheme"]
         host = get_host(scheme, headers.get("Host"), scope.get("server"))
         if not is_allowed_origin(headers, scheme, host, app.settings.allowed_origins):
-            raise Refused(403, "origin_not_allowed")
+            raise APIError(403, "origin_not_allowed")
         token = parse_cookie(headers.get("Cookie")).get(self.cookie_name)
         session_id = None if token is None else self.auth.load_token(token, app)
         if session_id is None:
-            raise Refused(401, "unauthorized")
+            raise APIError(401, "unauthorized")
         try:
             user = await load_session(app.hub.pipelined, session_id)
         except (RedisError, OSError) as error:
             _refused_unavailable.warning("WebSocket refused with 503: Redis failed: %s", error)
-            raise Refused(503, "unavailable") from None
+            raise APIError(503, "unavailable") from None
         if user is None:
-            raise Refused(401, "unauthorized")
+            raise APIError(401, "unauthorized")
         if not app.hub.bus.subscribed:
             _refused_unavailable.warning("WebSocket refused with 503: pub/sub is not subscribed")
-            raise Refused(503, "unavailable")
+            raise APIError(503, "unavailable")
         return user, session_id
 
 
 async def refuse(
-    scope: dict[str, Any], send: ASGISendCallable, refusal: Refused, worker_id: str
+    scope: dict[str, Any], send: ASGISendCallable, refusal: APIError, worker_id: str
 ) -> None:
     """Answer the handshake with an HTTP status and a JSON body, where the server can."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         # Without the extension a close before accept is all ASGI offers (HTTP 403).
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
         return
-    content: dict[str, Any] = {"error": refusal.code}
     headers = [
         (b"content-type", b"application/json"),
         (WORKER_HEADER.lower().encode(), worker_id.encode()),
+        *((name.lower().encode(), value.encode()) for name, value in refusal.headers.items()),
     ]
-    if refusal.retry_after is not None:
-        content["retry_after"] = refusal.retry_after
-        headers.append((b"retry-after", str(refusal.retry_after).encode()))
-    body = json.dumps(content).encode()
+    body = json.dumps(refusal.body()).encode()
     headers.append((b"content-length", str(len(body)).encode()))
     await send(
         {

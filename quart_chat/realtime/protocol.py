@@ -22,7 +22,10 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from ..models.messages import Message
 
 DEFAULT_ROOM = "general"
 MAX_CLIENT_ID = 64
@@ -573,9 +576,25 @@ def unread_frame(room_id: str, message_id: str, author_id: str) -> str:
     return f'{{"type":"unread","room":"{room_id}","id":"{message_id}","user":"{author_id}"}}'
 
 
+def message_object(message: Message) -> dict[str, Any]:
+    """A stored message as frames carry it (the post script writes the same shape)."""
+    return {
+        "room": message.room,
+        "id": message.id,
+        "ts": message.ts,
+        "user": {"id": message.user_id, "name": message.user_name},
+        "text": message.text,
+        "client_id": message.client_id,
+    }
+
+
+def message_frame(message: Message) -> str:
+    return encode({"type": "message", **message_object(message)})
+
+
 def history_frame(
     room_id: str,
-    messages: list[dict[str, Any]],
+    messages: Sequence[Message],
     has_more: bool,
     *,
     reset: bool = False,
@@ -584,16 +603,12 @@ def history_frame(
     frame: dict[str, Any] = {
         "type": "history",
         "room": room_id,
-        "messages": messages,
+        "messages": [message_object(message) for message in messages],
         "has_more": has_more,
     }
     if reset:
         frame["reset"] = True
     return _with_ref(frame, ref)
-
-
-def message_frame(message: dict[str, Any]) -> str:
-    return encode({"type": "message", **message})
 
 
 # -- pub/sub payloads ------------------------------------------------------------

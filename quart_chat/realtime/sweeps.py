@@ -20,7 +20,6 @@ SESSION_SWEEP_SECONDS = 30.0
 # Silent sockets are looked for this many times per idle timeout, so one is
 # closed at most a quarter of the timeout late.
 IDLE_SWEEPS_PER_TIMEOUT = 4
-DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
 
 
 async def sweep_idle(fanout: Fanout, idle_timeout_seconds: float) -> None:

@@ -441,3 +441,37 @@ async def test_room_changes_count_against_the_message_limit(
             assert refused["code"] == "rate_limited" and refused["retry_after"] >= 1
             browse = await ask(ws, {"type": "rooms_browse"})
             assert [r["name"] for r in browse["rooms"]] == ["general"]
+
+
+async def test_a_socket_may_open_more_rooms_a_minute_than_its_history_requests(
+    app: ChatApp, redis: Redis
+) -> None:
+    """A page that reconnects rejoins every room it had open at once: joins are bounded by
+    the rooms (a second join of one is refused), so only the user's limit counts them."""
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as ws:
+        await start(ws, join=False)
+        rooms = [
+            await create_room(ws, f"room {n}")
+            for n in range(connection.BACKLOG_REQUESTS_PER_SOCKET + 5)
+        ]
+        for room in rooms:
+            assert await join_room(ws, room) == []
+
+
+async def test_lookups_are_limited_per_socket_without_touching_redis(
+    app: ChatApp, redis: Redis
+) -> None:
+    ann = await log_in(app, redis, "ann@example.com")
+    async with ann.socket() as ws, ann.socket() as other_tab:
+        await start(ws, join=False)
+        for n in range(connection.LIST_REQUESTS_PER_SOCKET):
+            answer = await ask(ws, {"type": "people", "q": "an"})
+            assert answer["type"] == "people", (n, answer)
+        refused = await ask(ws, {"type": "members", "room": "general"})
+        assert refused["code"] == "rate_limited" and 1 <= refused["retry_after"] <= 60
+        assert "lookups" in refused["message"]
+        # Joins and history have their own budget, and the other tab its own lookups.
+        assert len(await join_room(ws, "general")) == 0
+        await start(other_tab, join=False)
+        assert (await ask(other_tab, {"type": "people", "q": "an"}))["users"] == [ann.user.public()]

@@ -173,4 +173,4 @@ def unique(prefix: str) -> str:
 
 
 def message_texts(page: Page) -> list[str]:
-    return page.locator("#messages > li .text").all_text_contents()
+    return page.locator("#messages > li .msg-text").all_text_contents()

@@ -32,7 +32,7 @@ def say(page: Page, text: str) -> None:
 
 def message(page: Page, text: str) -> Locator:
     return page.locator("#messages > li").filter(
-        has=page.locator(".text").get_by_text(text, exact=True)
+        has=page.locator(".msg-text").get_by_text(text, exact=True)
     )
 
 
@@ -65,7 +65,7 @@ def test_two_people_see_each_others_messages(chat_server: ChatServer, browsers: 
     delivered(bob.page, hello)
     expect(message(alice.page, hello)).to_have_class(re.compile(r"\bown\b"))
     expect(message(bob.page, hello)).not_to_have_class(re.compile(r"\bown\b"))
-    expect(message(bob.page, hello).locator(".author")).to_have_text("alice")
+    expect(message(bob.page, hello).locator(".msg-author")).to_have_text("alice")
 
     reply = unique("hi alice") + "\nsecond line"
     say(bob.page, reply)
@@ -154,7 +154,7 @@ def test_composer_counts_towards_the_limit(chat_server: ChatServer, browsers: Br
     expect(counter).to_contain_text("10 characters over")
     expect(alice.page.get_by_role("button", name="Send")).to_be_disabled()
     box.press("Enter")
-    expect(alice.page.locator("#messages > li.pending")).to_have_count(0)
+    expect(alice.page.locator("#messages > li.msg-pending")).to_have_count(0)
     box.fill("short")
     expect(alice.page.get_by_role("button", name="Send")).to_be_enabled()
 
@@ -276,7 +276,7 @@ def test_keyboard_reaches_every_control_with_visible_focus(
     page = browsers.person(chat_server, "ivan@example.test").page
     page.locator("body").focus()
     reached: dict[str, str] = {}
-    for _ in range(12):
+    for _ in range(20):
         page.keyboard.press("Tab")
         name, outline = page.evaluate(
             """() => {
@@ -286,7 +286,17 @@ def test_keyboard_reaches_every_control_with_visible_focus(
             }"""
         )
         reached[name] = outline
-    for control in ("Log out", "scroller", "text", "send"):
+    for control in (
+        "me",
+        "Log out",
+        "jump",
+        "create-room",
+        "browse-rooms",
+        "new-dm",
+        "scroller",
+        "text",
+        "send",
+    ):
         assert control in reached, reached
         assert reached[control] != "none", (control, reached[control])
     # And the composer works from the keyboard alone.

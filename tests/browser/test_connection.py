@@ -217,7 +217,7 @@ def test_a_restart_reconnects_at_once_and_shows_no_error(
         # No countdown, no "Retry now", nothing red: a restart is not the user's problem.
         shown = seen(alice.page)["states"]
         assert not [entry for entry in shown if entry["retryNow"] or "in " in entry["text"]], shown
-        expect(alice.page.locator("#messages > li.failed")).to_have_count(0)
+        expect(alice.page.locator("#messages > li.msg-failed")).to_have_count(0)
     finally:
         relay.stop()
 

@@ -251,7 +251,7 @@ def say(page: Page, text: str) -> None:
 
 def shown_once(page: Page, text: str) -> None:
     item = page.locator("#messages > li[data-id]").filter(
-        has=page.locator(".text").get_by_text(text, exact=True)
+        has=page.locator(".msg-text").get_by_text(text, exact=True)
     )
     expect(item).to_have_count(1)
 
