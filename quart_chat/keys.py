@@ -14,18 +14,19 @@ that the keys one script touches share a slot:
 - `{mail}`, `{presence}`, `{sockets}`: each shared structure with the
   per-item keys its scripts reach, in one slot each.
 
-Global indexes (`users:by-email`, `users:names`, `rooms:public`,
-`rooms:names`, `rooms:direct`) have no tag. Until Redis Cluster (issue 16)
-reworks them, these scripts touch more than one slot, each in one step so no
-reader sees half of it:
+Global indexes (`users:by-email`, `users:names`, `users:deactivated`,
+`rooms:public`, `rooms:archived`, `rooms:names`, `rooms:direct`) have no tag.
+Until Redis Cluster (issue 16) reworks them, these scripts touch more than one
+slot, each in one step so no reader sees half of it:
 
 - issuing a login code queues its mail (`{login:..}` + `{mail}`);
 - presence announces on the global presence channel;
 - a first login claims the address in `users:by-email`, writes the profile,
   indexes the name in `users:names` and sets the `general` read marker from
   `{room:general}:meta` (models/users.py `_CLAIM_USER`);
-- renaming a user updates the profile and `users:names` (models/users.py
-  `_SET_NAME`); deactivating or reactivating also sets or clears the
+- renaming a user updates the profile and `users:names` (or
+  `users:deactivated`) (models/users.py `_SET_NAME`); deactivating or
+  reactivating moves the entry between the two and also sets or clears the
   address's `{login:<hash>}:deactivated` flag, which the login-code scripts
   check in their own slot (`_SET_DEACTIVATED`);
 - creating a room claims its name in `rooms:names`, adds it to `rooms:public`
@@ -36,7 +37,8 @@ reader sees half of it:
 - opening a direct room claims the set of people in `rooms:direct` and adds the
   room to each member (models/rooms.py `_OPEN_DIRECT`);
 - updating a room claims a new name or frees an archived one in `rooms:names`
-  and `rooms:public` (models/rooms.py `_UPDATE`).
+  and `rooms:public`, and adds it to or takes it from `rooms:archived`
+  (models/rooms.py `_UPDATE`).
 
 No user text appears in a name: ids are server-made, emails and client ids
 are hashed; room and display names are data, never names. `PATTERNS` lists
@@ -62,8 +64,14 @@ USERS_BY_EMAIL = "users:by-email"
 # The directory: members "<casefolded name>\x00<user id>", all scored 0, so a
 # prefix search is a ZRANGEBYLEX; deactivated users are not in it.
 USERS_NAMES = "users:names"
+# The same entries for deactivated users, so that admins can find them to
+# reactivate; a user is in exactly one of the two.
+USERS_DEACTIVATED = "users:deactivated"
 # Ids of public rooms that are not archived (browse).
 ROOMS_PUBLIC = "rooms:public"
+# Ids of archived rooms (public and private), so that their creators and
+# admins can find them to restore.
+ROOMS_ARCHIVED = "rooms:archived"
 # Casefolded trimmed name -> room id, for non-archived public and private rooms.
 ROOMS_NAMES = "rooms:names"
 # sha256 of the sorted member ids joined by "," -> the id of their direct room.
@@ -219,7 +227,9 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(MIGRATION_LOCK_KEY),
         re.escape(USERS_BY_EMAIL),
         re.escape(USERS_NAMES),
+        re.escape(USERS_DEACTIVATED),
         re.escape(ROOMS_PUBLIC),
+        re.escape(ROOMS_ARCHIVED),
         re.escape(ROOMS_NAMES),
         re.escape(ROOMS_DIRECT),
         re.escape(MAIL_OUTBOX),

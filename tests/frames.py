@@ -105,6 +105,7 @@ FIELDS = {
     "users": ids,
     "user": some_id,
     "archived": st.one_of(st.booleans(), junk),
+    "deactivated": st.one_of(st.booleans(), junk),
     "q": short_text,
     "id": message_id,
 }
@@ -137,9 +138,9 @@ VALID = {
         "archived": optional(st.booleans()),
     },
     "dm_open": {"users": st.lists(an_id, min_size=1, max_size=8)},
-    "rooms_browse": {"q": optional(st.text(max_size=20))},
+    "rooms_browse": {"q": optional(st.text(max_size=20)), "archived": optional(st.booleans())},
     "members": {},
-    "people": {"q": optional(st.text(max_size=20))},
+    "people": {"q": optional(st.text(max_size=20)), "deactivated": optional(st.just(False))},
     "profile": {"name": st.text(min_size=1, max_size=20)},
     "read": {"id": st.one_of(valid_id, message_id)},
     "user_deactivate": {"user": an_id},
@@ -316,16 +317,27 @@ def _room_create(frame: dict[str, Any]) -> str:
     return "skip"
 
 
-def _search(answer: str) -> Any:
-    return lambda frame: answer if _is_text(frame, "q", 100, optional=True) else "error"
+def _search(answer: str, flag: str, *, admins_only: bool) -> Any:
+    """A search answers unless `q` or the optional boolean `flag` is wrong, or (for
+    `admins_only`) the flag is set."""
+
+    def expected(frame: dict[str, Any]) -> str:
+        value = frame.get(flag)
+        if not _is_text(frame, "q", 100, optional=True):
+            return "error"
+        if value is not None and not isinstance(value, bool):
+            return "error"
+        return "error" if admins_only and value else answer
+
+    return expected
 
 
 # Frames that name no room, or whose room does not decide the answer.
 _UNROOMED = {
     "room_create": _room_create,
     "profile": lambda frame: "skip" if _is_text(frame, "name", 1000, optional=False) else "error",
-    "people": _search("people"),
-    "rooms_browse": _search("rooms"),
+    "people": _search("people", "deactivated", admins_only=True),
+    "rooms_browse": _search("rooms", "archived", admins_only=False),
     # No such users (or not an admin): refused whatever the ids.
     "dm_open": lambda frame: "error",
     "user_deactivate": lambda frame: "error",

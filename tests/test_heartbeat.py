@@ -13,49 +13,29 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
 
-import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from bench.wsclient import encode_frame
 
-from .servers import ChatServer, RedisServer
-from .test_multiworker import Person, log_in, receive, server_env
+from .servers import ChatServer
+from .twoworkers import (
+    Person,
+    chat_server_fixture,
+    log_in,
+    receive,
+    redis_client_fixture,
+    redis_server_fixture,
+)
 
 IDLE_TIMEOUT_SECONDS = 2.0
 CLOSE_IDLE = (4408).to_bytes(2, "big")
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("hb-redis"), appendonly=False).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatServer]:
-    env = server_env(redis_server, CHAT_WS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT_SECONDS))
-    chat = ChatServer(tmp_path_factory.mktemp("hb-chat"), env=env, workers=2).start()
-    try:
-        yield chat
-    finally:
-        chat.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+redis_server = redis_server_fixture("hb-redis")
+server = chat_server_fixture("hb-chat", CHAT_WS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT_SECONDS))
+redis = redis_client_fixture()
 
 
 async def open_then_go_silent(

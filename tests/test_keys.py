@@ -72,7 +72,14 @@ def test_a_rooms_and_a_users_keys_share_one_slot(ident: str) -> None:
 
 
 def test_global_indexes_are_known_names() -> None:
-    for name in (keys.USERS_NAMES, keys.ROOMS_PUBLIC, keys.ROOMS_NAMES, keys.ROOMS_DIRECT):
+    for name in (
+        keys.USERS_NAMES,
+        keys.USERS_DEACTIVATED,
+        keys.ROOMS_PUBLIC,
+        keys.ROOMS_ARCHIVED,
+        keys.ROOMS_NAMES,
+        keys.ROOMS_DIRECT,
+    ):
         assert keys.is_known_key(name)
     assert not keys.is_known_key(keys.USERS_CHANNEL)
 

@@ -15,134 +15,41 @@ import secrets
 import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from quart_auth.extension import _AuthSerializer
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from quart_chat import keys
-from quart_chat.models.sessions import create_session, revoke_session
-from quart_chat.models.users import get_or_create_user
+from quart_chat.models.sessions import revoke_session
 
 from .servers import Caddy, ChatServer, RedisServer, worker_pids
+from .twoworkers import (
+    WAIT,
+    Person,
+    chat_server_fixture,
+    close_code,
+    log_in,
+    on_two_workers,
+    receive,
+    redis_client_fixture,
+    redis_server_fixture,
+    server_env,
+    worker,
+)
 
-SECRET = "multiworker-secret-" + "k" * 32
-WAIT = 15.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("mw-redis"), appendonly=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def server_env(redis_server: RedisServer, **settings: str) -> dict[str, str]:
-    return {
-        "CHAT_REDIS_URL": redis_server.url,
-        "CHAT_SECRET_KEY": SECRET,
-        "CHAT_COOKIE_SECURE": "false",
-        # Senders here flood on purpose; the limit has its own test.
-        "CHAT_MESSAGES_PER_MINUTE": "1000000",
-        **settings,
-    }
+redis_server = redis_server_fixture("mw-redis", appendonly=True)
+server = chat_server_fixture("mw-chat")
 
 
-@pytest.fixture(scope="module")
-def server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatServer]:
-    chat = ChatServer(
-        tmp_path_factory.mktemp("mw-chat"), env=server_env(redis_server), workers=2
-    ).start()
-    try:
-        yield chat
-    finally:
-        chat.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
+async def _clear_general(client: Redis) -> None:
     await client.delete(keys.room_history("general"))
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
-class Person:
-    def __init__(self, server: ChatServer | Caddy, user_id: str, session_id: str) -> None:
-        self.server = server
-        self.user_id = user_id
-        self.session_id = session_id
-        token = _AuthSerializer(SECRET, "quart auth salt").dumps(session_id)
-        self.cookie = f"QUART_AUTH={token}"
-        # Handshakes that failed and were retried, which a browser would show.
-        self.failed_handshakes = 0
-
-    async def open(self, patience: float = 0, **options: Any) -> ClientConnection:
-        """Connect and read `ready`; with patience, retry while the server answers 503,
-        or is stopping: it drops the handshake or closes the socket at once."""
-        deadline = asyncio.get_running_loop().time() + patience
-        while True:
-            try:
-                ws = await connect(
-                    self.server.base_url.replace("http", "ws") + "/ws",
-                    additional_headers={"Cookie": self.cookie},
-                    proxy=None,
-                    open_timeout=WAIT,
-                    **options,
-                )
-            except (InvalidHandshake, OSError):
-                self.failed_handshakes += 1
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-                continue
-            try:
-                ready = await receive(ws)
-            except ConnectionClosed:
-                self.failed_handshakes += 1
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                continue
-            assert ready["type"] == "ready"
-            return ws
-
-
-async def log_in(redis: Redis, server: ChatServer | Caddy, name: str | None = None) -> Person:
-    email = f"{name or secrets.token_hex(4)}@example.com"
-    user = await get_or_create_user(redis, email)
-    return Person(server, user.id, await create_session(redis, user, 3600))
-
-
-def worker(ws: ClientConnection) -> str:
-    assert ws.response is not None
-    return ws.response.headers["X-Chat-Worker"]
-
-
-async def on_two_workers(one: Person, two: Person) -> tuple[ClientConnection, ClientConnection]:
-    """Sockets for `one` and `two` that are served by different worker processes."""
-    first = await one.open()
-    for _ in range(60):
-        second = await two.open()
-        if worker(second) != worker(first):
-            return first, second
-        await second.close()
-    raise AssertionError("the kernel never handed a connection to the second worker")
-
-
-async def receive(ws: ClientConnection, timeout: float = WAIT) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
+redis = redis_client_fixture(_clear_general)
 
 
 async def receive_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
@@ -167,15 +74,6 @@ async def join(ws: ClientConnection, after: str | None = None) -> list[str]:
 async def send(ws: ClientConnection, text: str, client_id: str) -> None:
     frame = {"type": "send", "room": "general", "text": text, "client_id": client_id}
     await ws.send(json.dumps(frame))
-
-
-async def close_code(ws: ClientConnection, timeout: float = WAIT) -> int | None:
-    """Read until the server closes the socket; the code it sent."""
-    with contextlib.suppress(ConnectionClosed):
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    return ws.close_code
 
 
 async def drain(ws: ClientConnection) -> None:

@@ -7,24 +7,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from quart_chat import keys
 from quart_chat.realtime.bus import CLIENT_NAME_PREFIX
 
-from .servers import ChatServer, RedisServer
-from .test_multiworker import (
+from .servers import ChatServer
+from .twoworkers import (
     Person,
+    chat_server_fixture,
     close_code,
     log_in,
     on_two_workers,
     receive,
-    server_env,
+    redis_client_fixture,
+    redis_server_fixture,
     worker,
 )
 
@@ -33,34 +34,9 @@ FIXED_CHANNELS = 3  # presence, session revocations, renames
 _refs = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("rooms-redis"), appendonly=False).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatServer]:
-    env = server_env(redis_server, CHAT_ADMIN_EMAILS=ADMIN)
-    chat = ChatServer(tmp_path_factory.mktemp("rooms-chat"), env=env, workers=2).start()
-    try:
-        yield chat
-    finally:
-        chat.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+redis_server = redis_server_fixture("rooms-redis")
+server = chat_server_fixture("rooms-chat", CHAT_ADMIN_EMAILS=ADMIN)
+redis = redis_client_fixture()
 
 
 class Tab:

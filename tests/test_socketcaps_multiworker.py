@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import pytest
@@ -13,46 +12,28 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .servers import ChatServer, RedisServer
-from .test_multiworker import Person, log_in, server_env, worker
+from .servers import ChatServer
+from .twoworkers import (
+    Person,
+    chat_server_fixture,
+    log_in,
+    redis_client_fixture,
+    redis_server_fixture,
+    worker,
+)
 
 WAIT = 15.0
 PER_ADDRESS = 30
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("caps-redis"), appendonly=False).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ChatServer]:
-    env = server_env(
-        redis_server,
-        CHAT_TRUSTED_PROXY_HOPS="1",
-        CHAT_MAX_SOCKETS_PER_ADDRESS=str(PER_ADDRESS),
-        # CHAT_MAX_SOCKETS_PER_USER is left at its default, 20.
-    )
-    chat = ChatServer(tmp_path_factory.mktemp("caps-chat"), env=env, workers=2).start()
-    try:
-        yield chat
-    finally:
-        chat.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+redis_server = redis_server_fixture("caps-redis")
+server = chat_server_fixture(
+    "caps-chat",
+    CHAT_TRUSTED_PROXY_HOPS="1",
+    CHAT_MAX_SOCKETS_PER_ADDRESS=str(PER_ADDRESS),
+    # CHAT_MAX_SOCKETS_PER_USER is left at its default, 20.
+)
+redis = redis_client_fixture()
 
 
 async def open_from(person: Person, address: str) -> ClientConnection:

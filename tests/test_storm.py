@@ -21,7 +21,7 @@ from bench.wsclient import Hub, storm
 from quart_chat import keys
 
 from .servers import ChatServer, RedisServer
-from .test_multiworker import SECRET, server_env
+from .twoworkers import SECRET, server_env
 
 SOCKETS = 2000
 INTERVAL_SECONDS = 0.001

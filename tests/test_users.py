@@ -14,6 +14,7 @@ from quart_chat.models.rooms import GENERAL, ensure_general
 from quart_chat.models.users import (
     InvalidName,
     User,
+    claim_user,
     count_active_users,
     get_or_create_user,
     get_user,
@@ -41,9 +42,11 @@ async def test_a_new_user_is_in_the_directory_by_the_name_from_their_address(
     assert await get_user(redis, ann.id) == ann
     assert await people(redis, "ANN") == ["ann.lee"]
     assert await count_active_users(redis) == 1
-    # A second login finds the same user and does not index them twice.
+    # A second login finds the same user, says it is not new, and does not index them twice.
+    assert await claim_user(redis, "ann.lee@example.com") == (ann, False)
+    assert (await claim_user(redis, "cy@example.com"))[1] is True
     assert await get_or_create_user(redis, "ann.lee@example.com") == ann
-    assert await redis.zcard(keys.USERS_NAMES) == 1
+    assert await redis.zcard(keys.USERS_NAMES) == 2
 
 
 async def test_search_is_a_casefolded_prefix_sorted_by_name_and_capped(redis: Redis) -> None:
@@ -130,14 +133,20 @@ async def test_deactivation_hides_from_the_directory_and_the_count(redis: Redis)
     assert await get_user(redis, bob.id) == gone
     assert await people(redis, "") == ["ann"]
     assert await count_active_users(redis) == 1
-    # A deactivated user who renames stays out of the directory.
+    # Admins find them among the deactivated, by the same prefix search.
+    assert await search_people(redis, "B", deactivated=True) == [gone]
+    assert await search_people(redis, "a", deactivated=True) == []
+    # A deactivated user who renames stays out of the directory, found by the new name.
     await set_name(redis, gone, "robert")
     assert await people(redis, "") == ["ann"]
+    assert [u.name for u in await search_people(redis, "", deactivated=True)] == ["robert"]
     # Their next login finds the same, still deactivated, user.
     assert (await get_or_create_user(redis, "bob@x.org")).deactivated
     back = await set_deactivated(redis, bob.id, False)
     assert back == User(bob.id, "robert", "bob@x.org", deactivated=False)
     assert await people(redis, "") == ["ann", "robert"]
+    assert await search_people(redis, "", deactivated=True) == []
+    assert await redis.zcard(keys.USERS_DEACTIVATED) == 0
     assert await count_active_users(redis) == 2
     assert await set_deactivated(redis, "nobody", True) is None
     assert await get_user(redis, ann.id) == ann

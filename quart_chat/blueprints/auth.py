@@ -28,9 +28,11 @@ from ..addresses import normalize_email
 from ..base import get_app
 from ..codes import is_well_formed_code, issue_code, verify_code
 from ..errors import APIError
+from ..models.rooms import GENERAL
 from ..models.sessions import create_session, revoke_session
-from ..models.users import get_or_create_user
+from ..models.users import claim_user
 from ..ratelimit import hit_limit
+from ..realtime.announce import announce_room
 from ..security import is_allowed_origin, safe_redirect_target
 from ..web import SessionUser
 
@@ -93,7 +95,10 @@ async def login() -> tuple[dict[str, object], int]:
     previous = cast(SessionUser, current_user).auth_id
     if previous is not None:
         await revoke_session(app.redis, previous)
-    user = await get_or_create_user(app.redis, email)
+    user, created = await claim_user(app.redis, email)
+    if created:
+        # One more member of general: open pages show the new count.
+        await announce_room(app.redis, GENERAL)
     if user.deactivated:
         # Deactivated between the code check and now: the same answer as a wrong code.
         raise APIError(400, "invalid_code")

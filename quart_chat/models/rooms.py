@@ -214,7 +214,7 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: rooms:names, rooms:public, meta, members.
+# KEYS: rooms:names, rooms:public, meta, members, rooms:archived.
 # ARGV: room id, actor id, "1" if admin, the name read before and its key,
 # the new name and its key ('' for unchanged), "1" and the topic to set it,
 # archived: '' unchanged, '1', '0'.
@@ -245,8 +245,10 @@ end
 if not was_archived and archived then
   release(ARGV[5])
   redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[1])
 elseif not archived then
   if (was_archived or key ~= ARGV[5]) and not claim() then return -4 end
+  redis.call('SREM', KEYS[5], ARGV[1])
   if not was_archived and key ~= ARGV[5] then release(ARGV[5]) end
   if meta[1] == 'public' then redis.call('SADD', KEYS[2], ARGV[1]) end
 end
@@ -462,6 +464,29 @@ class RoomStore:
             for room, flag in zip(rooms, flags, strict=True)
         ]
 
+    async def browse_archived(
+        self, user: User, query: str, *, admin: bool, limit: int = BROWSE_LIMIT
+    ) -> list[tuple[Room, bool]]:
+        """Archived rooms whose name contains `query`: for an admin all of them, for
+        anyone else those they created and are still a member of (the ones `update`
+        lets them restore); by name, each with whether the user is a member."""
+        ids = sorted(
+            as_text(i) for i in await self.reads.execute_command("SMEMBERS", keys.ROOMS_ARCHIVED)
+        )
+        wanted = query.strip().casefold()
+        rooms = [
+            room
+            for room in await self._get_many(ids)
+            if room.archived
+            and room.kind != DIRECT
+            and (admin or room.created_by == user.id)
+            and wanted in room.name.casefold()
+        ]
+        rooms = sorted(rooms, key=lambda room: _sort_key(room, None))
+        flags = await asyncio.gather(*(self.is_member(room.id, user.id) for room in rooms))
+        listed = [(room, member) for room, member in zip(rooms, flags, strict=True)]
+        return [(room, member) for room, member in listed if admin or member][:limit]
+
     async def read_states(self, user_id: str, room_ids: Sequence[str]) -> dict[str, ReadState]:
         if not room_ids:
             return {}
@@ -617,6 +642,7 @@ class RoomStore:
                         keys.ROOMS_PUBLIC,
                         keys.room_meta(room_id),
                         keys.room_members(room_id),
+                        keys.ROOMS_ARCHIVED,
                     ],
                     args=[
                         room_id,

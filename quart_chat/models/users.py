@@ -71,21 +71,21 @@ end
 return redis.call('HGET', KEYS[1], ARGV[1])
 """
 
-# KEYS: profile, directory. ARGV: the name read before, its directory entry,
-# then (to set a name) the new name and entry, or (to deactivate) "1"/"0".
-# Directory entries are casefolded, which Lua cannot do, so they come from
-# Python; a name changed since it was read returns -1 and the caller reads
-# again. Returns 0 for an unknown user. A deactivated user stays out of the
-# directory whatever their name.
+# KEYS: profile, directory, deactivated directory. ARGV: the name read before,
+# its directory entry, then (to set a name) the new name and entry, or (to
+# deactivate) "1"/"0". Directory entries are casefolded, which Lua cannot do,
+# so they come from Python; a name changed since it was read returns -1 and
+# the caller reads again. Returns 0 for an unknown user. A deactivated user's
+# entry is in the deactivated directory, whatever their name.
 _SET_NAME = """
 local current = redis.call('HMGET', KEYS[1], 'name', 'deactivated')
 if not current[1] then return 0 end
 if current[1] ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'name', ARGV[3])
-if current[2] ~= '1' then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('ZADD', KEYS[2], 0, ARGV[4])
-end
+local directory = KEYS[2]
+if current[2] == '1' then directory = KEYS[3] end
+redis.call('ZREM', directory, ARGV[2])
+redis.call('ZADD', directory, 0, ARGV[4])
 return 1
 """
 
@@ -97,11 +97,13 @@ if current ~= ARGV[1] then return -1 end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'deactivated', '1')
   redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('SET', KEYS[3], '1')
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+  redis.call('SET', KEYS[4], '1')
 else
   redis.call('HDEL', KEYS[1], 'deactivated')
+  redis.call('ZREM', KEYS[3], ARGV[2])
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[4])
 end
 return 1
 """
@@ -111,6 +113,15 @@ _PROFILE_TRIES = 32
 
 
 async def get_or_create_user(redis: Redis, email: str) -> User:
+    user, _ = await claim_user(redis, email)
+    return user
+
+
+async def claim_user(redis: Redis, email: str) -> tuple[User, bool]:
+    """The user of `email`, made on its first login: (user, whether it was made now).
+
+    A new user changes general's member count, which the caller announces.
+    """
     email = email.lower()
     new_id = secrets.token_hex(8)
     name = default_name(email)
@@ -126,7 +137,7 @@ async def get_or_create_user(redis: Redis, email: str) -> User:
     )
     user = await get_user(redis, as_text(stored_id))
     assert user is not None
-    return user
+    return user, user.id == new_id
 
 
 def default_name(email: str) -> str:
@@ -155,16 +166,18 @@ async def get_users(redis: Commands, user_ids: Sequence[str]) -> list[User]:
     return [user for user in found if user is not None]
 
 
-async def search_people(redis: Commands, prefix: str, limit: int = PEOPLE_LIMIT) -> list[User]:
-    """Active users whose casefolded name starts with `prefix`, sorted by name."""
+async def search_people(
+    redis: Commands, prefix: str, limit: int = PEOPLE_LIMIT, *, deactivated: bool = False
+) -> list[User]:
+    """Active users (or, with `deactivated`, deactivated ones) whose casefolded name
+    starts with `prefix`, sorted by name."""
     start = prefix.strip().casefold().encode()
     # No UTF-8 text contains the byte 0xff, so it bounds every name with the prefix.
     low, high = (b"[" + start, b"(" + start + b"\xff") if start else (b"-", b"+")
-    entries = await redis.execute_command(
-        "ZRANGEBYLEX", keys.USERS_NAMES, low, high, "LIMIT", 0, limit
-    )
+    directory = keys.USERS_DEACTIVATED if deactivated else keys.USERS_NAMES
+    entries = await redis.execute_command("ZRANGEBYLEX", directory, low, high, "LIMIT", 0, limit)
     ids = [as_text(entry).rpartition("\x00")[2] for entry in entries]
-    return [user for user in await get_users(redis, ids) if not user.deactivated]
+    return [user for user in await get_users(redis, ids) if user.deactivated == deactivated]
 
 
 def validate_name(name: str) -> str:
@@ -208,7 +221,7 @@ async def _change_profile(
         user = await get_user(redis, user_id)
         if user is None:
             return None
-        names = [keys.user_profile(user_id), keys.USERS_NAMES]
+        names = [keys.user_profile(user_id), keys.USERS_NAMES, keys.USERS_DEACTIVATED]
         if login_flag:
             names.append(keys.login_deactivated(user.email))
         result = await script(redis, text)(
@@ -232,15 +245,16 @@ def is_admin(settings: Settings, user: User) -> bool:
 
 
 async def index_all_users(redis: Redis) -> int:
-    """Put every active user in the directory (the migration to schema 3)."""
+    """Put every active user in the directory, and every deactivated one in theirs
+    (the migration to schema 3)."""
     user_ids = [as_text(v) for v in (await redis.hgetall(keys.USERS_BY_EMAIL)).values()]
-    entries = {
-        directory_entry(user.name, user.id): 0
-        for user in await get_users(redis, user_ids)
-        if not user.deactivated
-    }
+    users = await get_users(redis, user_ids)
+    entries = {directory_entry(u.name, u.id): 0 for u in users if not u.deactivated}
     if entries:
         await redis.zadd(keys.USERS_NAMES, entries)
+    gone = {directory_entry(u.name, u.id): 0 for u in users if u.deactivated}
+    if gone:
+        await redis.zadd(keys.USERS_DEACTIVATED, gone)
     return len(entries)
 
 

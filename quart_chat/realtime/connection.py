@@ -41,6 +41,7 @@ from ..models.users import (
 )
 from ..ratelimit import hit_limit
 from ..storage import is_refusal, raise_if_cancelled
+from .announce import room_changed
 from .hub import ChatHub
 from .outbox import CLOSE_LOGGED_OUT, CLOSE_SERVER_ERROR, Outbox
 from .protocol import (
@@ -50,7 +51,6 @@ from .protocol import (
     EVENT_FRAME,
     EVENT_LEFT,
     EVENT_REMOVED,
-    EVENT_ROOM,
     NO_SUCH_ROOM,
     NOT_ALLOWED,
     RATE_LIMITED,
@@ -93,6 +93,7 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ONLY_ADMINS = "only admins may do this"
 SEND_WINDOW_SECONDS = 60
 # `join` and `history` answer with up to ~100 messages each: limited per user
 # (CHAT_BACKLOG_REQUESTS_PER_MINUTE, across tabs and workers). `history` and
@@ -320,12 +321,9 @@ class ChatConnection:
             case DmOpen():
                 await self._dm_open(frame)
             case RoomsBrowse():
-                found = await self.hub.rooms.browse(self.user.id, frame.q)
-                listed = [{**room.public(self.user), "member": member} for room, member in found]
-                self.outbox.deliver(rooms_frame(listed, frame.ref))
+                await self._rooms_browse(frame)
             case People():
-                users = await search_people(self.hub.pipelined, frame.q)
-                self.outbox.deliver(people_frame([u.public() for u in users], frame.ref))
+                await self._people(frame)
             case Profile():
                 await self._profile(frame)
             case UserDeactivate() | UserReactivate():
@@ -551,9 +549,7 @@ class ChatConnection:
 
     def _room_changed(self, room: Room) -> tuple[str, str]:
         """To the room's members: its new name, topic or member count (no viewer fields)."""
-        return keys.room_channel(room.id), event_payload(
-            EVENT_ROOM, None, room_frame(room.public())
-        )
+        return room_changed(room)
 
     async def _reply_room(self, room: Room, ref: str | None) -> None:
         states = await self.hub.rooms.read_states(self.user.id, [room.id])
@@ -652,7 +648,27 @@ class ChatConnection:
             )
         await self._publish(*payloads)
 
+    async def _rooms_browse(self, frame: RoomsBrowse) -> None:
+        """Public rooms to join, or (`archived`) the archived rooms this user may restore."""
+        rooms = self.hub.rooms
+        if frame.archived:
+            found = await rooms.browse_archived(self.user, frame.q, admin=self.admin)
+        else:
+            found = await rooms.browse(self.user.id, frame.q)
+        listed = [{**room.public(self.user), "member": member} for room, member in found]
+        self.outbox.deliver(rooms_frame(listed, frame.ref))
+
     # -- people -------------------------------------------------------------------
+
+    async def _people(self, frame: People) -> None:
+        """The directory; deactivated people (to reactivate them) for admins only."""
+        if frame.deactivated and not self.admin:
+            raise FrameError(NOT_ALLOWED, ONLY_ADMINS, ref=frame.ref)
+        users = await search_people(self.hub.pipelined, frame.q, deactivated=frame.deactivated)
+        listed: list[dict[str, Any]] = [u.public() for u in users]
+        if frame.deactivated:
+            listed = [{**user, "deactivated": True} for user in listed]
+        self.outbox.deliver(people_frame(listed, frame.ref))
 
     async def _profile(self, frame: Profile) -> None:
         user = await set_name(self.hub.redis, self.user, frame.name)
@@ -661,13 +677,23 @@ class ChatConnection:
         self.outbox.deliver(user_frame(user.public(), frame.ref))
 
     async def _set_deactivated(self, frame: UserDeactivate | UserReactivate) -> None:
+        """Every page stops offering a deactivated user (`user` with `deactivated`)
+        and offers them again once reactivated; general's member count changes."""
         if not self.admin:
-            raise FrameError(NOT_ALLOWED, "only admins may do this", ref=frame.ref)
+            raise FrameError(NOT_ALLOWED, ONLY_ADMINS, ref=frame.ref)
         deactivate = isinstance(frame, UserDeactivate)
+        if deactivate and frame.user == self.user.id:
+            # Nobody would be left to undo it if this is the only admin.
+            raise FrameError(BAD_REQUEST, "you cannot deactivate yourself", ref=frame.ref)
         target = await set_deactivated(self.hub.redis, frame.user, deactivate)
         if target is None:
             raise FrameError(BAD_REQUEST, "no such user", ref=frame.ref)
         if deactivate:
             # Every session deleted and announced: sockets close 4401 on every worker.
             await revoke_user_sessions(self.hub.redis, frame.user)
+        general = await self.hub.rooms.get(GENERAL)
+        news = [(keys.USERS_CHANNEL, user_frame({**target.public(), "deactivated": deactivate}))]
+        if general is not None:
+            news.append(self._room_changed(general))
+        await self._publish(*news)
         self.outbox.deliver(ok_frame(frame.ref))

@@ -162,6 +162,7 @@ class DmOpen:
 @dataclass(frozen=True, slots=True)
 class RoomsBrowse:
     q: str
+    archived: bool = False  # archived rooms the caller may restore, instead of public ones
     ref: str | None = None
 
 
@@ -174,6 +175,7 @@ class Members:
 @dataclass(frozen=True, slots=True)
 class People:
     q: str
+    deactivated: bool = False  # deactivated people instead (admins only)
     ref: str | None = None
 
 
@@ -360,6 +362,16 @@ def _text(data: dict[str, Any], field: str, limit: int, default: str | None = No
     return value
 
 
+def _flag(data: dict[str, Any], field: str) -> bool:
+    """An optional boolean field: absent or null is false."""
+    value = data.get(field)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FrameError(BAD_REQUEST, f"{field} must be true or false")
+    return value
+
+
 def _optional_text(data: dict[str, Any], field: str) -> str | None:
     return None if data.get(field) is None else _text(data, field, MAX_NAME_CHARS)
 
@@ -406,9 +418,13 @@ _PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
     "room_remove": lambda d, ref: RoomRemove(_room(d), _id(d, "user"), ref),
     "room_update": _room_update,
     "dm_open": lambda d, ref: DmOpen(_ids(d, "users", 1, MAX_DM_OTHERS), ref),
-    "rooms_browse": lambda d, ref: RoomsBrowse(_text(d, "q", MAX_QUERY_CHARS, ""), ref),
+    "rooms_browse": lambda d, ref: RoomsBrowse(
+        _text(d, "q", MAX_QUERY_CHARS, ""), _flag(d, "archived"), ref
+    ),
     "members": lambda d, ref: Members(_room(d), ref),
-    "people": lambda d, ref: People(_text(d, "q", MAX_QUERY_CHARS, ""), ref),
+    "people": lambda d, ref: People(
+        _text(d, "q", MAX_QUERY_CHARS, ""), _flag(d, "deactivated"), ref
+    ),
     "profile": lambda d, ref: Profile(_text(d, "name", MAX_NAME_CHARS), ref),
     "read": _read,
     "user_deactivate": lambda d, ref: UserDeactivate(_id(d, "user"), ref),
@@ -553,11 +569,11 @@ def members_frame(room_id: str, users: Sequence[dict[str, str]], ref: str | None
     return _with_ref({"type": "members", "room": room_id, "users": list(users)}, ref)
 
 
-def people_frame(users: Sequence[dict[str, str]], ref: str | None = None) -> str:
+def people_frame(users: Sequence[dict[str, Any]], ref: str | None = None) -> str:
     return _with_ref({"type": "people", "users": list(users)}, ref)
 
 
-def user_frame(user: dict[str, str], ref: str | None = None) -> str:
+def user_frame(user: dict[str, Any], ref: str | None = None) -> str:
     return _with_ref({"type": "user", "user": user}, ref)
 
 

@@ -91,6 +91,124 @@ function showError(line, error) {
   line.textContent = error.message || "Something went wrong.";
 }
 
+function checkbox(name, labelText) {
+  const label = el("label", "dialog-radio");
+  const box = input("checkbox", name);
+  label.append(box, ` ${labelText}`);
+  return { label, box };
+}
+
+// Asks before something hard to undo; resolves true only when the action was
+// chosen. Cancel has the focus, so Enter alone never confirms by accident.
+export function confirmDialog(title, text, action) {
+  return new Promise((resolve) => {
+    let confirmed = false;
+    const dialog = openDialog(
+      title,
+      (body, close, node) => {
+        const question = el("p", "confirm-text", text);
+        question.id = `${node.getAttribute("aria-labelledby")}-text`;
+        node.setAttribute("aria-describedby", question.id);
+        node.setAttribute("role", "alertdialog");
+        const cancel = button("button secondary", "Cancel", close);
+        cancel.autofocus = true;
+        const confirm = button("button danger", action, () => {
+          confirmed = true;
+          close();
+        });
+        const actions = el("div", "info-actions");
+        actions.append(cancel, confirm);
+        body.append(question, actions);
+      },
+      { className: "confirm" },
+    );
+    dialog.addEventListener("close", () => resolve(confirmed));
+  });
+}
+
+// ---- admins: deactivate and reactivate people ---------------------------------------------------
+
+// Deactivation logs the person out everywhere and stops their login codes, so
+// it is confirmed first; true when it was done.
+export async function deactivate(app, user, error) {
+  const sure = await confirmDialog(
+    `Deactivate ${user.name}?`,
+    `${user.name} is logged out everywhere and cannot log in until reactivated. ` +
+      "Their messages stay.",
+    "Deactivate",
+  );
+  if (!sure) return false;
+  try {
+    await app.conn.request({ type: "user_deactivate", user: user.id });
+    return true;
+  } catch (failure) {
+    showError(error, failure);
+    return false;
+  }
+}
+
+export function managePeopleDialog(app) {
+  openDialog("Manage people", (body) => {
+    const search = input("search", "people-q");
+    search.autofocus = true;
+    const { label, box: showDeactivated } = checkbox("deactivated", "Show deactivated people");
+    const list = el("ul", "browse-list manage-list");
+    list.setAttribute("aria-label", "People");
+    const error = errorLine();
+    const status = statusLine();
+    body.append(field("Search people", search), label, error, status, list);
+    let asked = 0;
+    const load = async () => {
+      const ticket = ++asked;
+      const deactivated = showDeactivated.checked;
+      try {
+        const frame = await app.conn.request({
+          type: "people",
+          q: search.value.trim(),
+          deactivated,
+        });
+        if (ticket !== asked) return;
+        error.textContent = "";
+        const users = frame.users.filter((user) => !app.store.isMe(user.id));
+        list.replaceChildren(...users.map((user) => personItem(user)));
+        if (users.length === 0) list.append(el("li", "browse-empty", "Nobody by that name."));
+      } catch (failure) {
+        showError(error, failure);
+      }
+    };
+    const personItem = (user) => {
+      const li = el("li", "browse-room");
+      const text = el("div", "browse-text");
+      text.append(el("span", "browse-name", user.name));
+      if (user.deactivated) text.append(el("span", "browse-meta", "Deactivated"));
+      const verb = user.deactivated ? "Reactivate" : "Deactivate";
+      const action = button("button secondary", verb, async () => {
+        error.textContent = status.textContent = "";
+        if (user.deactivated) {
+          try {
+            await app.conn.request({ type: "user_reactivate", user: user.id });
+          } catch (failure) {
+            showError(error, failure);
+            return;
+          }
+        } else if (!(await deactivate(app, user, error))) {
+          return;
+        }
+        status.textContent = `${user.name} was ${verb.toLowerCase()}d.`;
+        app.people.forget();
+        await load();
+        search.focus();
+      });
+      action.setAttribute("aria-label", `${verb} ${user.name}`);
+      li.append(text, action);
+      return li;
+    };
+    search.addEventListener("input", debounce(load, 200));
+    showDeactivated.addEventListener("change", load);
+    load();
+  });
+}
+
 // ---- people picker -----------------------------------------------------------------
 
 // A search box over the directory (`people {q}`) and the people picked so far.
@@ -231,26 +349,73 @@ export function createRoomDialog(app) {
 
 // ---- browse public rooms ------------------------------------------------------------------
 
+// Public rooms to join; with "Show archived rooms", the archived rooms this
+// person may restore (the ones they created; every one for an admin).
 export function browseRoomsDialog(app) {
   openDialog("Browse rooms", (body, close) => {
     const search = input("search", "q");
     search.autofocus = true;
+    const { label, box: showArchived } = checkbox("archived", "Show archived rooms");
     const list = el("ul", "browse-list");
     const error = errorLine();
-    body.append(field("Search rooms", search), error, list);
+    const status = statusLine();
+    body.append(field("Search rooms", search), label, error, status, list);
+    let asked = 0;
     const load = async () => {
+      const ticket = ++asked;
+      const archived = showArchived.checked;
       try {
-        const frame = await app.conn.request({ type: "rooms_browse", q: search.value.trim() });
+        const frame = await app.conn.request({
+          type: "rooms_browse",
+          q: search.value.trim(),
+          archived,
+        });
+        if (ticket !== asked) return;
         error.textContent = "";
-        list.replaceChildren(...frame.rooms.map((room) => browseItem(app, room, close, error)));
+        const item = archived
+          ? (room) => archivedItem(app, room, { close, error, status, reload: load })
+          : (room) => browseItem(app, room, close, error);
+        list.replaceChildren(...frame.rooms.map(item));
         if (frame.rooms.length === 0) list.append(el("li", "browse-empty", "No rooms found."));
       } catch (failure) {
         showError(error, failure);
       }
     };
     search.addEventListener("input", debounce(load, 200));
+    showArchived.addEventListener("change", () => {
+      status.textContent = "";
+      load();
+    });
     load();
   });
+}
+
+function archivedItem(app, room, { close, error, status, reload }) {
+  const li = el("li", "browse-room");
+  const text = el("div", "browse-text");
+  text.append(el("span", "browse-name", `#${room.name}`));
+  const members = `${room.member_count} member${room.member_count === 1 ? "" : "s"}`;
+  text.append(el("span", "browse-meta", `Archived · ${members}`));
+  const restore = button("button secondary", "Restore", async () => {
+    error.textContent = status.textContent = "";
+    try {
+      await app.conn.request({ type: "room_update", room: room.id, archived: false });
+    } catch (failure) {
+      showError(error, failure);
+      return;
+    }
+    if (room.member) {
+      // Its `room` frame is on the way; the page opens it as soon as it lands.
+      close();
+      app.open(room.id);
+    } else {
+      status.textContent = `#${room.name} was restored.`;
+      reload();
+    }
+  });
+  restore.setAttribute("aria-label", `Restore #${room.name}`);
+  li.append(text, restore);
+  return li;
 }
 
 function browseItem(app, room, close, error) {
@@ -499,6 +664,13 @@ function memberItem(app, room, user, canRemove, reload, error) {
       });
       remove.setAttribute("aria-label", `Remove ${user.name}`);
       li.append(remove);
+    }
+    if (app.store.me?.admin) {
+      const off = button("link-button", "Deactivate", async () => {
+        if (await deactivate(app, user, error)) reload();
+      });
+      off.setAttribute("aria-label", `Deactivate ${user.name}`);
+      li.append(off);
     }
   }
   return li;

@@ -6,6 +6,7 @@ import { Composer } from "./composer.js";
 import {
   browseRoomsDialog,
   createRoomDialog,
+  managePeopleDialog,
   newDirectDialog,
   openDirect,
   profileDialog,
@@ -60,6 +61,7 @@ class App {
     $("browse-rooms").addEventListener("click", () => browseRoomsDialog(this));
     $("new-dm").addEventListener("click", () => newDirectDialog(this));
     $("room-info").addEventListener("click", () => roomInfoDialog(this, this.current));
+    $("manage-people").addEventListener("click", () => managePeopleDialog(this));
     window.addEventListener("popstate", () =>
       this.open(roomFromPath(location.pathname), { url: false }),
     );
@@ -116,6 +118,14 @@ class App {
     this.store.removeRoom(view.roomId);
     this.dropView(view.roomId);
     if (view.roomId === this.current) this.open(view.roomId, { url: false });
+  }
+
+  // An admin deactivated someone: no page offers them any more (they are
+  // logged out everywhere, so they leave the online list for good).
+  dropUser(user) {
+    this.people.forget();
+    this.store.online.delete(user.id);
+    this.renderOnline();
   }
 
   renameUser(user) {
@@ -215,7 +225,8 @@ class App {
     $("room-topic").textContent = room?.topic ?? "";
     $("room-topic").hidden = !room?.topic;
     $("room-info").hidden = !room;
-    document.title = `${label} · quart-chat`;
+    const unread = this.loaded ? this.store.unreadTotal() : "";
+    document.title = `${unread ? `(${unread}) ` : ""}${label} · quart-chat`;
     if (room && this.composer.view?.roomId === room.id) this.composer.relabel(label);
   }
 
@@ -224,6 +235,7 @@ class App {
   onReady(frame) {
     this.store.me = frame.user;
     $("me").textContent = frame.user.name;
+    $("manage-people").hidden = !frame.user.admin;
     this.store.online = new Map(frame.online.map((user) => [user.id, user]));
     this.renderOnline();
     const gone = this.store.resetRooms(frame.rooms);
@@ -253,7 +265,7 @@ class App {
       case "room_removed":
         return this.onRoomRemoved(frame);
       case "user":
-        return this.renameUser(frame.user);
+        return frame.user.deactivated ? this.dropUser(frame.user) : this.renameUser(frame.user);
       case "presence":
         return this.onPresence(frame);
       case "error":

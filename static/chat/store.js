@@ -95,6 +95,20 @@ export class Store {
     this.changed("rooms");
   }
 
+  // For the tab title: unread messages over all rooms, "99+" past the cap (a
+  // room at the cap has at least that many); "" when there are none.
+  unreadTotal() {
+    let total = 0;
+    let over = false;
+    for (const room of this.rooms.values()) {
+      const unread = room.unread || 0;
+      total += unread;
+      over ||= unread >= UNREAD_CAP;
+    }
+    if (over || total > UNREAD_CAP) return `${UNREAD_CAP}+`;
+    return total ? String(total) : "";
+  }
+
   sorted(kind) {
     const rooms = [...this.rooms.values()].filter((room) =>
       kind === "direct" ? room.kind === "direct" : room.kind !== "direct",

@@ -23,6 +23,7 @@ from quart_chat.config import Settings
 from quart_chat.models.users import find_user_by_email, set_deactivated
 from quart_chat.web import SessionUser
 
+from .. import chatting
 from ..conftest import make_settings
 from ..smtp import SmtpSink, code_in
 
@@ -916,3 +917,25 @@ async def test_a_code_issued_before_deactivation_fails_like_a_wrong_one(
     response = await client.post("/login", json={"email": EMAIL, "code": fresh})
     assert response.status_code == 200
     assert (await (await client.get("/whoami")).get_json())["id"] == user.id
+
+
+async def test_a_first_login_updates_generals_member_count_on_open_pages(
+    start_app: StartApp, redis: Redis, smtp: SmtpSink
+) -> None:
+    app, _ = await start_app(code_resend_seconds=0)
+    ann = await chatting.log_in(app, redis, "ann.watching@example.com")
+    async with ann.socket() as ws:
+        ready = await chatting.start(ws)
+        before = ready["rooms"][0]["member_count"]
+        await log_in(app.test_client(), smtp, "newcomer@example.com")
+        changed = await chatting.receive_type(ws, "room")
+        assert changed["room"]["id"] == "general"
+        assert changed["room"]["member_count"] == before + 1
+        assert "unread" not in changed["room"]  # the page keeps its own count
+        # Logging in again is no news: the next frame on general is a message.
+        client = app.test_client()
+        assert (await request_code(client, "newcomer@example.com")).status_code == 202
+        code = await read_code(smtp, "newcomer@example.com", count=2)
+        again = await client.post("/login", json={"email": "newcomer@example.com", "code": code})
+        assert again.status_code == 200
+        assert (await chatting.send_text(ws, "hello", "c-1"))["text"] == "hello"

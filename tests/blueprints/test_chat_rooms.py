@@ -475,3 +475,90 @@ async def test_lookups_are_limited_per_socket_without_touching_redis(
         assert len(await join_room(ws, "general")) == 0
         await start(other_tab, join=False)
         assert (await ask(other_tab, {"type": "people", "q": "an"}))["users"] == [ann.user.public()]
+
+
+# -- admin tools: deactivated people, archived rooms ---------------------------------------
+
+
+async def test_admins_find_deactivated_people_and_every_page_hears_of_it(
+    app: ChatApp, redis: Redis
+) -> None:
+    root = await log_in(app, redis, ADMIN)
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob.gone@example.com")
+    async with root.socket() as root_ws, ann.socket() as ann_ws, bob.socket() as bob_ws:
+        for ws in (root_ws, ann_ws, bob_ws):
+            await start(ws, join=False)
+        count = (await ask(ann_ws, {"type": "rooms_browse", "q": "general"}))["rooms"][0][
+            "member_count"
+        ]
+        # Nobody but an admin may list deactivated people.
+        refused = await ask(ann_ws, {"type": "people", "q": "", "deactivated": True})
+        assert (refused["type"], refused["code"]) == ("error", "not_allowed")
+        bad = await ask(ann_ws, {"type": "people", "deactivated": "yes"})
+        assert bad["code"] == "bad_request"
+        assert (await ask(root_ws, {"type": "people", "deactivated": True}))["users"] == []
+        refused = await ask(root_ws, {"type": "user_deactivate", "user": root.user.id})
+        assert refused["code"] == "bad_request"
+
+        await ask(root_ws, {"type": "user_deactivate", "user": bob.user.id})
+        assert await closed_with(bob_ws) == 4401
+        # Every other page hears it: the person and general's new member count.
+        seen = await frames_until(ann_ws, "user")
+        assert seen[-1]["user"] == {"id": bob.user.id, "name": "bob.gone", "deactivated": True}
+        await room_frame_where(ann_ws, id="general", member_count=count - 1)
+        gone = await ask(root_ws, {"type": "people", "q": "bob", "deactivated": True})
+        assert gone["users"] == [{"id": bob.user.id, "name": "bob.gone", "deactivated": True}]
+        assert (await ask(root_ws, {"type": "people", "q": "bob"}))["users"] == []
+
+        await ask(root_ws, {"type": "user_reactivate", "user": bob.user.id})
+        seen = await frames_until(ann_ws, "user")
+        assert seen[-1]["user"] == {"id": bob.user.id, "name": "bob.gone", "deactivated": False}
+        await room_frame_where(ann_ws, id="general", member_count=count)
+        assert (await ask(root_ws, {"type": "people", "deactivated": True}))["users"] == []
+        back = await ask(ann_ws, {"type": "people", "q": "bob"})
+        assert back["users"] == [{"id": bob.user.id, "name": "bob.gone"}]
+
+
+async def test_the_creator_and_admins_find_archived_rooms_and_restore_them(
+    app: ChatApp, redis: Redis
+) -> None:
+    root = await log_in(app, redis, ADMIN)
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    async with root.socket() as root_ws, ann.socket() as ann_ws, bob.socket() as bob_ws:
+        for ws in (root_ws, ann_ws, bob_ws):
+            await start(ws, join=False)
+        room = await create_room(ann_ws, "attic", members=[bob.user.id])
+        public = await create_room(ann_ws, "porch", kind="public")
+        for archived in (room, public):
+            await ask(ann_ws, {"type": "room_update", "room": archived, "archived": True})
+
+        def listed(answer: dict[str, Any]) -> list[tuple[str, bool, bool]]:
+            return [(r["name"], r["archived"], r["member"]) for r in answer["rooms"]]
+
+        mine = await ask(ann_ws, {"type": "rooms_browse", "q": "", "archived": True})
+        assert listed(mine) == [("attic", True, True), ("porch", True, True)]
+        found = await ask(ann_ws, {"type": "rooms_browse", "q": "ATT", "archived": True})
+        assert listed(found) == [("attic", True, True)]
+        # A member who did not create it cannot restore it, so is not offered it.
+        assert (await ask(bob_ws, {"type": "rooms_browse", "archived": True}))["rooms"] == []
+        refused = await ask(bob_ws, {"type": "room_update", "room": room, "archived": False})
+        assert refused["code"] == "not_allowed"
+        # An admin sees every archived room, member or not.
+        every = await ask(root_ws, {"type": "rooms_browse", "archived": True})
+        assert ("attic", True, False) in listed(every) and ("porch", True, False) in listed(every)
+        # Public browse never lists an archived room.
+        assert (await ask(bob_ws, {"type": "rooms_browse", "q": "porch"}))["rooms"] == []
+
+        restored = await ask(root_ws, {"type": "room_update", "room": room, "archived": False})
+        assert restored["type"] == "ok"
+        for ws in (ann_ws, bob_ws):
+            await room_frame_where(ws, id=room, archived=False, name="attic")
+        mine = await ask(ann_ws, {"type": "rooms_browse", "archived": True})
+        assert listed(mine) == [("porch", True, True)]
+        await ask(ann_ws, {"type": "room_update", "room": public, "archived": False})
+        assert (await ask(ann_ws, {"type": "rooms_browse", "archived": True}))["rooms"] == []
+        assert listed(await ask(bob_ws, {"type": "rooms_browse", "q": "porch"})) == [
+            ("porch", False, False)
+        ]

@@ -30,6 +30,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# The one admin (CHAT_ADMIN_EMAILS) of the browser tests' servers.
+ADMIN_EMAIL = "root.admin@example.test"
 # Generous: two cores are shared with other test runs.
 expect.set_options(timeout=20_000)
 
@@ -79,6 +81,7 @@ def server_env(redis_server: RedisServer, smtp_sink: SmtpSink) -> dict[str, str]
         "CHAT_LOGIN_ATTEMPTS_PER_IP_HOUR": "10000",
         "CHAT_CODE_RESEND_SECONDS": "0",
         "CHAT_MESSAGE_MAX_CHARS": "500",
+        "CHAT_ADMIN_EMAILS": ADMIN_EMAIL,
     }
 
 

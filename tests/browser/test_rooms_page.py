@@ -14,7 +14,8 @@ from quart_chat.models.messages import RoomHistory
 from quart_chat.models.users import get_or_create_user
 
 from ..servers import ChatServer, RedisServer
-from .conftest import ARTIFACTS, Browsers, unique
+from ..smtp import SmtpSink
+from .conftest import ADMIN_EMAIL, ARTIFACTS, Browsers, log_in, unique
 from .test_chat_page import assert_no_duplicates, delivered
 
 NO_ACCESS = "This room doesn't exist or you don't have access."
@@ -536,4 +537,89 @@ def test_a_room_viewed_before_a_reconnect_catches_up_when_opened_again(
         delivered(xena.page, text)
     expect(badge(xena.page, name)).to_have_count(0)
     assert_no_duplicates(xena.page)
+    assert browsers.errors == []
+
+
+def test_the_tab_title_counts_unread_messages_up_to_99_plus(
+    chat_server: ChatServer, redis_server: RedisServer, browsers: Browsers
+) -> None:
+    uma = browsers.person(chat_server, "uma.title@example.test")
+    vic = browsers.person(chat_server, "vic.title@example.test")
+    name = room_name("title")
+    path = create_room(vic.page, name, invite=(uma.name,))
+    expect(sidebar_link(uma.page, name)).to_be_visible()
+    expect(uma.page).to_have_title("#general · quart-chat")
+    for number in range(3):
+        say_in(vic.page, f"#{name}", unique(f"news {number}"))
+    expect(uma.page).to_have_title("(3) #general · quart-chat")
+    expect(vic.page).to_have_title(f"#{name} · quart-chat")  # one's own never count
+
+    sidebar_link(uma.page, name).click()
+    expect(uma.page).to_have_title(f"#{name} · quart-chat")
+    sidebar_link(uma.page, "general").click()
+    post_many(redis_server.url, vic.email, path.rsplit("/", 1)[1], [f"m{n}" for n in range(120)])
+    expect(uma.page).to_have_title("(99+) #general · quart-chat")
+    assert browsers.errors == []
+
+
+def test_an_admin_deactivates_and_reactivates_someone_from_the_page(
+    chat_server: ChatServer, browsers: Browsers, smtp_sink: SmtpSink
+) -> None:
+    root = browsers.person(chat_server, ADMIN_EMAIL)
+    bob = browsers.person(chat_server, "bob.deactivated@example.test")
+    cara = browsers.person(chat_server, "cara.deactivated@example.test")
+    expect(cara.page.locator("#online")).to_contain_text(bob.name)
+    expect(cara.page.get_by_role("button", name="Manage people")).to_be_hidden()
+
+    # The member panel offers it to the admin only.
+    root.page.get_by_role("button", name="Members & settings").click()
+    about = root.page.get_by_role("dialog", name="About #general")
+    expect(about.get_by_role("button", name=f"Deactivate {cara.name}")).to_be_visible()
+    about.get_by_role("button", name="Close").click()
+
+    root.page.get_by_role("button", name="Manage people").click()
+    people = root.page.get_by_role("dialog", name="Manage people")
+    expect(people.get_by_label("Search people")).to_be_focused()
+    people.get_by_label("Search people").fill(bob.name)
+    deactivate = people.get_by_role("button", name=f"Deactivate {bob.name}")
+    # By keyboard: the confirmation opens on Cancel, so Escape or Enter changes nothing.
+    deactivate.focus()
+    root.page.keyboard.press("Enter")
+    confirm = root.page.get_by_role("alertdialog", name=f"Deactivate {bob.name}?")
+    expect(confirm).to_contain_text("logged out everywhere")
+    expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+    root.page.keyboard.press("Escape")
+    expect(confirm).to_have_count(0)
+    expect(deactivate).to_be_focused()
+    expect(bob.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    root.page.keyboard.press("Enter")
+    expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+    root.page.keyboard.press("Tab")
+    expect(confirm.get_by_role("button", name="Deactivate")).to_be_focused()
+    root.page.keyboard.press("Enter")
+
+    # Bob's open tab is logged out; the other pages stop offering him.
+    bob.page.wait_for_url(re.compile(r"/login$"))
+    expect(people.get_by_role("status")).to_have_text(f"{bob.name} was deactivated.")
+    expect(cara.page.locator("#online")).not_to_contain_text(bob.name)
+    cara.page.get_by_role("button", name="New direct message").click()
+    picker = cara.page.get_by_role("dialog", name="New direct message")
+    picker.get_by_label("Find people").fill(bob.name)
+    expect(picker.locator(".picker-results")).to_have_text("Nobody by that name.")
+    picker.get_by_role("button", name="Close").click()
+
+    # His code request is answered like any other, and no mail goes out.
+    mails = len(smtp_sink.messages_to(bob.email))
+    bob.page.get_by_label("Email").fill(bob.email)
+    bob.page.get_by_role("button", name="Send code").click()
+    expect(bob.page.get_by_label("Code")).to_be_focused()
+    browsers.person(chat_server, "after.bob@example.test")  # its mail comes after his would
+    assert len(smtp_sink.messages_to(bob.email)) == mails
+
+    people.get_by_label("Show deactivated people").check()
+    people.get_by_role("button", name=f"Reactivate {bob.name}").click()
+    expect(people.get_by_role("status")).to_have_text(f"{bob.name} was reactivated.")
+    log_in(bob.page, chat_server.base_url, bob.email, smtp_sink)
+    assert len(smtp_sink.messages_to(bob.email)) == mails + 1
+    expect(cara.page.locator("#online")).to_contain_text(bob.name)
     assert browsers.errors == []
