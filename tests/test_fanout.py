@@ -21,12 +21,14 @@ from quart_chat.realtime.protocol import (
     message_payload,
     room_frame,
     room_removed_frame,
+    typing_frame,
     unread_frame,
     user_frame,
 )
 
 ANN = User(id="ann", name="Ann", email="ann@example.com")
 BOB = User(id="bob", name="Bob", email="bob@example.com")
+DAN = User(id="dan", name="Dan", email="dan@example.com")
 
 
 class Channels:
@@ -290,6 +292,86 @@ async def test_a_room_event_reaches_every_socket_of_every_member_whatever_its_st
     assert sent(outsider) == []
 
 
+def typing(room: str, user: User) -> tuple[str, str]:
+    """A typing frame and its room channel payload, as the connection makes them."""
+    frame = typing_frame(room, user.id, user.name)
+    return frame, event_payload("typing", user.id, frame)
+
+
+def joined(fanout: Fanout, outbox: Outbox, room: str) -> None:
+    assert fanout.begin_join(outbox, room)
+    fanout.finish_join(outbox, room, None)
+
+
+async def test_typing_reaches_only_other_members_sockets_that_joined_the_room(
+    fanout: Fanout,
+) -> None:
+    ann1, ann2, ann_watching = (socket(fanout, ANN, s) for s in ("1", "2", "3"))
+    bob1, bob2 = socket(fanout, BOB, "1"), socket(fanout, BOB, "2")
+    cy_joining, outsider = socket(fanout, User("cy", "Cy", "cy@x")), socket(fanout, DAN)
+    watch(fanout, ANN, "r1")
+    watch(fanout, BOB, "r1")
+    watch(fanout, User("cy", "Cy", "cy@x"), "r1")
+    watch(fanout, DAN, "general")
+    for outbox in (ann1, ann2, bob1, bob2):
+        joined(fanout, outbox, "r1")
+    assert fanout.begin_join(cy_joining, "r1")
+    frame, payload = typing("r1", BOB)
+    fanout.room_payload("r1", payload)
+    got = sent(ann1) + sent(ann2)
+    assert got == [frame, frame] and got[0] is got[1]  # one string for every socket
+    assert json.loads(frame) == {
+        "type": "typing",
+        "room": "r1",
+        "user": {"id": "bob", "name": "Bob"},
+    }
+    # Never the typer's own tabs; not a room merely watched or still joining; not others.
+    assert sent(bob1) == sent(bob2) == sent(ann_watching) == sent(cy_joining) == []
+    assert sent(outsider) == []
+
+
+async def test_typing_stops_at_once_for_a_removed_member(fanout: Fanout) -> None:
+    ann = socket(fanout, ANN)
+    watch(fanout, ANN, "r1")
+    joined(fanout, ann, "r1")
+    removed = room_removed_frame("r1", "removed")
+    fanout.room_payload("r1", event_payload("removed", "ann", removed))
+    assert sent(ann) == [removed]
+    fanout.room_payload("r1", typing("r1", BOB)[1])
+    assert sent(ann) == []
+
+
+async def test_typing_during_a_join_leaves_the_gapless_join_as_it_was(fanout: Fanout) -> None:
+    """Typing carries no stream id: not buffered, not compared with the backlog's last id,
+    and it neither ends the join's filtering nor is taken for the first newer message."""
+    ann = socket(fanout, ANN)
+    watch(fanout, ANN, "general")
+    fanout.begin_join(ann, "general")
+    frames = {}
+    for n in (1, 2):
+        frames[n], payload = message("general", f"{n}-0")
+        fanout.room_payload("general", payload)
+        fanout.room_payload("general", typing("general", BOB)[1])
+    assert sent(ann) == []
+    fanout.finish_join(ann, "general", "1-0")
+    assert sent(ann) == [frames[2]]
+    assert fanout.is_joined(ann, "general")
+
+    other = socket(fanout, ANN, "2")
+    fanout.begin_join(other, "general")
+    fanout.finish_join(other, "general", "7-0")  # still filtering in-flight old messages
+    for n in (6, 7):
+        fanout.room_payload("general", typing("general", BOB)[1])
+        fanout.room_payload("general", message("general", f"{n}-0")[1])
+    assert sent(other) == []
+    assert fanout.is_joining(other, "general")
+    newer, payload = message("general", "8-0")
+    fanout.room_payload("general", payload)
+    typed, payload = typing("general", BOB)
+    fanout.room_payload("general", payload)
+    assert sent(other) == [newer, typed]
+
+
 async def test_archiving_drops_the_room_for_every_local_member(
     fanout: Fanout, channels: Channels
 ) -> None:
@@ -335,7 +417,7 @@ async def test_unknown_events_and_payloads_are_ignored_with_a_log_line(
     ann = socket(fanout, ANN)
     watch(fanout, ANN, "general")
     with caplog.at_level(logging.WARNING):
-        fanout.room_payload("general", event_payload("typing", "bob", "{}"))
+        fanout.room_payload("general", event_payload("sparkle", "bob", "{}"))
         fanout.room_payload("general", "1-0 {}")  # the old format
         fanout.user_payload("ann", event_payload("sparkle", None, "{}"))
         fanout.user_payload("ann", "nonsense")

@@ -39,6 +39,7 @@ from quart_chat.realtime.protocol import (
     message_payload,
     parse_frame,
     parse_payload,
+    typing_frame,
 )
 
 from .frames import MAX_CHARS, SPEC_ERROR_CODES, deep, expected_answer, junk, raw_frames, shape
@@ -175,6 +176,16 @@ def test_payloads_split_without_parsing_their_json() -> None:
     assert parse_payload(event_payload("archived", None, frame)) == EventPayload(
         "archived", None, frame
     )
+    # A name with spaces, quotes and non-ASCII survives the split and stays JSON.
+    typing = typing_frame("r1", "u1", 'Zoë "Z" O\'Neil')
+    assert parse_payload(event_payload("typing", "u1", typing)) == EventPayload(
+        "typing", "u1", typing
+    )
+    assert json.loads(typing) == {
+        "type": "typing",
+        "room": "r1",
+        "user": {"id": "u1", "name": 'Zoë "Z" O\'Neil'},
+    }
     assert parse_payload("1-0 " + frame) is None  # the first release's format
     assert parse_payload("M 1-0") is None
 

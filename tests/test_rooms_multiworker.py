@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from quart_chat import keys
+from quart_chat.models.users import get_user
 from quart_chat.realtime.bus import CLIENT_NAME_PREFIX
 
 from .servers import ChatServer
@@ -286,3 +287,32 @@ async def test_a_worker_subscribes_only_to_rooms_and_users_with_sockets_on_it(
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_typing_reaches_the_other_members_tabs_on_both_workers_and_no_tab_of_the_typer(
+    server: ChatServer, redis: Redis
+) -> None:
+    ann, bob = await log_in(redis, server), await log_in(redis, server)
+    bob1, bob2 = await tabs_on_two_workers(bob, bob)
+    ann1, ann2 = await tabs_on_two_workers(ann, ann)
+    room = await create_room(bob1, "typing room", members=[ann.user_id])
+    for tab in (bob1, bob2, ann1, ann2):
+        if tab is not bob1:
+            await tab.until("room", lambda f: f["room"]["id"] == room)
+        await join(tab, room)
+    bob_user = await get_user(redis, bob.user_id)
+    assert bob_user is not None
+    await bob1.ws.send(json.dumps({"type": "typing", "room": room}))
+    for tab in (ann1, ann2):
+        typing = (await tab.until("typing"))[-1]
+        assert typing == {
+            "type": "typing",
+            "room": room,
+            "user": {"id": bob.user_id, "name": bob_user.name},
+        }
+    await ann1.send(room, "after the typing")
+    for tab in (bob1, bob2):
+        seen = await tab.until("message", lambda f: f["text"] == "after the typing")
+        assert [f for f in seen if f["type"] == "typing"] == [], seen
+    for tab in (bob1, bob2, ann1, ann2):
+        await tab.ws.close()

@@ -51,6 +51,7 @@ from .protocol import (
     EVENT_FRAME,
     EVENT_LEFT,
     EVENT_REMOVED,
+    EVENT_TYPING,
     NO_SUCH_ROOM,
     NOT_ALLOWED,
     RATE_LIMITED,
@@ -88,6 +89,7 @@ from .protocol import (
     room_frame,
     room_removed_frame,
     rooms_frame,
+    typing_frame,
     user_frame,
 )
 
@@ -127,6 +129,10 @@ WRITES = (
 # the page searches people as one types.
 LISTS = (Members, People, RoomsBrowse)
 LIST_REQUESTS_PER_SOCKET = 60
+# At most one `typing` published per socket per room per this interval; the rest
+# are dropped without a word before any Redis call (the page sends one every 3 s,
+# so jitter never drops one of those). Typing events are never stored.
+TYPING_INTERVAL_SECONDS = 2.0
 
 
 class ChatConnection:
@@ -137,6 +143,7 @@ class ChatConnection:
         "_lists_window_end",
         "_ponged",
         "_receive",
+        "_typed",
         "admin",
         "hub",
         "outbox",
@@ -161,6 +168,8 @@ class ChatConnection:
         self._backlog_window_end = 0.0
         self._lists_count = 0
         self._lists_window_end = 0.0
+        # room -> when this socket's last `typing` there was published (time.monotonic()).
+        self._typed: dict[str, float] = {}
 
     @property
     def user(self) -> User:
@@ -297,7 +306,7 @@ class ChatConnection:
             case History():
                 await self._history(frame)
             case Typing():
-                await self._authorise(frame.room, frame.ref)  # shown from issue 15
+                await self._typing(frame)
             case Read():
                 await self._read(frame)
             case Members():
@@ -394,6 +403,24 @@ class ChatConnection:
         await self._limit_backlog(frame.ref)
         page = await self.hub.history.before(frame.room, frame.before, frame.limit)
         self.outbox.deliver(history_frame(frame.room, page.messages, page.has_more, ref=frame.ref))
+
+    async def _typing(self, frame: Typing) -> None:
+        """Tell the room's other members with it open, unless this socket did so lately.
+
+        An ephemeral room event: no stream id, nothing stored, so a join never
+        replays it. The frame is built once here; fanout passes the text on.
+        Both Redis calls go through the pipeline (one round trip for many sockets;
+        a PUBLISH sent twice after a reconnect only shows the same line again).
+        """
+        now, room = self.outbox.heard, frame.room
+        last = self._typed.get(room)
+        if last is not None and now - last < TYPING_INTERVAL_SECONDS:
+            return
+        await self._authorise(room, frame.ref)
+        self._typed[room] = now
+        user = self.user
+        payload = event_payload(EVENT_TYPING, user.id, typing_frame(room, user.id, user.name))
+        await self.hub.pipelined.execute_command("PUBLISH", keys.room_channel(room), payload)
 
     def _limit_lists(self, ref: str | None) -> None:
         """Count a `members`, `people` or `rooms_browse` against the socket's own limit."""

@@ -7,7 +7,7 @@ knows: loaded at `ready`, then kept current by room and user channel events);
 each room has its local member users. A socket, per room of its user, is
 - watching: gets an `unread` bump per message and the room's events;
 - joining: live messages are buffered while its backlog is read (gapless join);
-- joined: gets every `message` frame.
+- joined: gets every `message` frame, and `typing` frames of the other members.
 Which channels the worker needs follows from that: a room's channel while it
 has a local member, a user's channel while the user has a local socket. Every
 change is told to a `ChannelListener` (the bus) at once, synchronously.
@@ -34,6 +34,7 @@ from .protocol import (
     EVENT_LEFT,
     EVENT_REMOVED,
     EVENT_ROOM,
+    EVENT_TYPING,
     EventPayload,
     MessagePayload,
     parse_payload,
@@ -339,7 +340,9 @@ class Fanout:
 
     def _room_event(self, room: str, event: EventPayload) -> None:
         kind, frame = event.kind, event.frame
-        if kind == EVENT_ROOM:
+        if kind == EVENT_TYPING:
+            self._typing(room, event.arg, frame)
+        elif kind == EVENT_ROOM:
             self._to_members(room, frame)
         elif kind in (EVENT_LEFT, EVENT_REMOVED) and event.arg is not None:
             self._note(event.arg, room, False)
@@ -352,6 +355,17 @@ class Fanout:
                 self._to_user(user_id, frame)
         else:
             log.warning("ignored a %r event on room %s's channel", kind, room)
+
+    def _typing(self, room: str, typer: str | None, frame: str) -> None:
+        """Only to sockets with the room open (joined), never to any of the typer's.
+
+        It has no stream id and is never stored: a joining socket does not buffer
+        it (a typing line shown before the backlog would be stale or wrong), and
+        watching sockets have no room view to show it in.
+        """
+        for outbox in self._joined.get(room, ()):
+            if outbox.user_id != typer:
+                outbox.deliver(frame)
 
     def _message(self, room: str, message: MessagePayload) -> None:
         users = self._room_users.get(room)

@@ -9,7 +9,8 @@ Pub/sub payloads (one format, built and parsed only here, and by the post
 script in models/messages.py, which is the one place a message is first made):
 - room channel `M <stream id> <author id> <message frame JSON>`: a stored message;
 - room channel `E <kind> <user id or -> <frame JSON>`: a room event
-  (`room`, `left`, `removed`, `archived`);
+  (`room`, `left`, `removed`, `archived`, and `typing`: ephemeral, never stored,
+  with the typer's id so fanout skips their sockets without parsing the JSON);
 - user channel `E <kind> <room id or -> <frame JSON>` (`added`, `removed`, `frame`);
 - `chat:users`: a `user` frame; `chat:presence`: a `presence` frame;
   `chat:session-revoked`: a session id.
@@ -587,6 +588,11 @@ def ok_frame(ref: str | None) -> str:
     return _with_ref({"type": "ok"}, ref)
 
 
+def typing_frame(room_id: str, user_id: str, name: str) -> str:
+    """Built once per typing event, by the worker that publishes it."""
+    return encode({"type": "typing", "room": room_id, "user": {"id": user_id, "name": name}})
+
+
 def unread_frame(room_id: str, message_id: str, author_id: str) -> str:
     """Built once per message per worker, for every socket watching the room."""
     return f'{{"type":"unread","room":"{room_id}","id":"{message_id}","user":"{author_id}"}}'
@@ -634,6 +640,8 @@ EVENT_ROOM = "room"
 EVENT_LEFT = "left"
 EVENT_REMOVED = "removed"
 EVENT_ARCHIVED = "archived"
+# Someone is typing (arg: their user id): to joined sockets of the other members only.
+EVENT_TYPING = "typing"
 # User channel events (and EVENT_REMOVED).
 EVENT_ADDED = "added"
 EVENT_FRAME = "frame"

@@ -25,6 +25,8 @@ export class Composer {
     });
     this.textarea.addEventListener("input", () => {
       if (this.view) this.view.draft = this.textarea.value;
+      // Only while there is something being written: clearing the box is not typing.
+      if (this.view && this.textarea.value.trim()) this.view.typed();
       this.update();
     });
     this.update();

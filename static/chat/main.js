@@ -268,6 +268,8 @@ class App {
         return frame.user.deactivated ? this.dropUser(frame.user) : this.renameUser(frame.user);
       case "presence":
         return this.onPresence(frame);
+      case "typing":
+        return this.views.get(frame.room)?.someoneTyping(frame.user);
       case "error":
         if (!settled) this.onError(frame);
         return;

@@ -12,6 +12,10 @@ const ACK_TIMEOUT_MS = 10_000;
 const GROUP_GAP_MS = 5 * 60_000;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 120;
+// A `typing` frame is shown for this long unless another from the same person renews it
+// (SPEC §9); the composer sends one at most this often while the user types.
+const TYPING_SHOWN_MS = 5_000;
+const TYPING_SEND_MS = 3_000;
 
 export class RoomView {
   // app: {store, conn, title(roomId), seen(view), notice(text)}
@@ -31,11 +35,13 @@ export class RoomView {
     this.draft = "";
     this.scrollTop = null; // where the reader was when they switched away
     this.stuck = true; // ...or whether they were at the newest message
+    this.typers = new Map(); // user id -> {name, timer}, in the order they started typing
+    this.typingSentAt = -Infinity; // when this page last told the room the user types
     this.build();
   }
 
   build() {
-    this.pane = el("section", "room-pane");
+    this.pane = el("section", "room-pane room-view");
     this.pane.dataset.room = this.roomId;
     this.scroller = el("div", "room-scroller");
     this.scroller.id = "scroller";
@@ -58,7 +64,14 @@ export class RoomView {
     this.jumpLatest = button("room-jump", "New messages ↓", () => this.scrollToBottom());
     this.jumpLatest.id = "jump-latest";
     this.jumpLatest.hidden = true;
-    this.pane.append(this.scroller, this.jumpLatest);
+    // Polite and atomic: a screen reader hears the line when who is typing changes,
+    // not on every frame (frames that only renew a name leave the text as it was).
+    this.typingLine = el("p", "typing-line");
+    this.typingLine.id = "typing";
+    this.typingLine.setAttribute("role", "status");
+    this.typingLine.setAttribute("aria-live", "polite");
+    this.typingLine.setAttribute("aria-atomic", "true");
+    this.pane.append(this.scroller, this.jumpLatest, this.typingLine);
     this.scroller.addEventListener("scroll", () => {
       if (this.scroller.scrollTop < NEAR_TOP_PX) this.requestOlder();
       if (this.isNearBottom()) {
@@ -136,6 +149,7 @@ export class RoomView {
   // The socket went away: the next one must join again, and sends wait for it.
   lost() {
     this.joined = false;
+    this.clearTypers();
     this.loadingOlder = false;
     clearTimeout(this.joinTimer);
     for (const entry of this.pending.values()) {
@@ -212,6 +226,7 @@ export class RoomView {
 
   // Returns true when the reader sees the message (visible and at the bottom).
   receiveLive(message) {
+    this.stoppedTyping(message.user.id); // what they typed has arrived
     const stick = !this.visible ? this.stuck : this.isNearBottom();
     const own = message.client_id && this.pending.has(message.client_id);
     if (own) this.settle(message.client_id);
@@ -290,6 +305,46 @@ export class RoomView {
     }
   }
 
+  // ---- typing ----------------------------------------------------------------------------
+
+  // The user typed in this room's composer: tell the room, at most every TYPING_SEND_MS.
+  typed() {
+    const conn = this.app.conn;
+    const now = performance.now();
+    if (!conn.ready || now - this.typingSentAt < TYPING_SEND_MS) return;
+    this.typingSentAt = now;
+    conn.send({ type: "typing", room: this.roomId });
+  }
+
+  // A `typing` frame: show `user` for TYPING_SHOWN_MS from now.
+  someoneTyping(user) {
+    if (this.app.store.isMe(user.id)) return; // the server never sends these; be sure
+    const known = this.typers.get(user.id);
+    if (known) clearTimeout(known.timer);
+    const timer = setTimeout(() => this.stoppedTyping(user.id), TYPING_SHOWN_MS);
+    this.typers.set(user.id, { name: user.name, timer });
+    this.renderTyping();
+  }
+
+  stoppedTyping(userId) {
+    const known = this.typers.get(userId);
+    if (!known) return;
+    clearTimeout(known.timer);
+    this.typers.delete(userId);
+    this.renderTyping();
+  }
+
+  clearTypers() {
+    for (const known of this.typers.values()) clearTimeout(known.timer);
+    this.typers.clear();
+    this.renderTyping();
+  }
+
+  renderTyping() {
+    const text = typingText([...this.typers.values()].map((known) => known.name));
+    if (this.typingLine.textContent !== text) this.typingLine.textContent = text;
+  }
+
   // ---- pending messages ----------------------------------------------------------------
 
   deliveryLine(entry, text, withRetry) {
@@ -356,7 +411,16 @@ export class RoomView {
 
   close() {
     clearTimeout(this.joinTimer);
+    this.clearTypers();
     for (const entry of this.pending.values()) clearTimeout(entry.timer);
     this.pane.remove();
   }
+}
+
+// "Ann is typing…", "Ann and Bob are typing…", "Several people are typing…", or "".
+export function typingText(names) {
+  if (names.length === 0) return "";
+  if (names.length === 1) return `${names[0]} is typing…`;
+  if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
+  return "Several people are typing…";
 }
