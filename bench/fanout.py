@@ -14,8 +14,10 @@ reports the time to the last `ready` and to the last join's history per 1,000
 sockets, and any refusal. Then it measures idle memory per connection:
 without permessage-deflate, with it offered (as browsers do) to a server that
 declines it (the default), and offered to one that agrees
-(CHAT_WS_COMPRESSION=true). A table goes to stdout and the full results as
-JSON to bench/results/.
+(CHAT_WS_COMPRESSION=true). Last the rooms phase (bench/rooms.py): N users
+on 2 workers in 500 private rooms of 4 and `general`, with CPU per delivery,
+latency, and per worker what it receives from Redis. A table goes to stdout
+and the full results as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -104,9 +106,13 @@ class ChatServer:
             except OSError:
                 return False
 
-        wait_for(healthy, timeout=60, what="quart-chat /healthz")
-        # /healthz answers from the first worker up; give the others time to start.
-        wait_for(lambda: len(self.pids()) >= self.workers + 1, timeout=60, what="workers")
+        try:
+            wait_for(healthy, timeout=60, what="quart-chat /healthz")
+            # /healthz answers from the first worker up; give the others time to start.
+            wait_for(lambda: len(self.pids()) >= self.workers + 1, timeout=60, what="workers")
+        except BaseException:
+            self.stop()  # no server left running behind a failed start
+            raise
         return self
 
     def pids(self) -> list[int]:
@@ -806,6 +812,13 @@ def summary(results: dict[str, Any]) -> str:
             f"{phase['connections']} connections (+{phase['redis_bytes_per_connection']:.0f} B "
             f"in Redis; negotiated: {phase['extensions_negotiated'] or 'none'})"
         )
+    phase = results.get("rooms")
+    if phase:
+        from .rooms import summary_lines
+
+        lines += summary_lines(phase)
+        if phase.get("profile"):
+            lines.append(profile_text(phase["profile"]))
     return "\n".join(lines)
 
 
@@ -887,8 +900,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="no CPU pinning")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument(
-        "--only", choices=["throughput", "storm", "memory"], help="run one phase (default both)"
+        "--only",
+        choices=["throughput", "storm", "memory", "rooms"],
+        help="run one phase (default all)",
     )
+    rooms = parser.add_argument_group("rooms phase (bench/rooms.py)")
+    rooms.add_argument("--room-users", type=int, default=2000, help="users, one socket each")
+    rooms.add_argument("--rooms", type=int, default=500, help="private rooms besides general")
+    rooms.add_argument("--room-size", type=int, default=4, help="members per room")
+    rooms.add_argument("--room-workers", type=int, default=2, help="quart-chat workers")
+    rooms.add_argument(
+        "--room-rate", type=float, default=200.0, help="messages/s into random small rooms"
+    )
+    rooms.add_argument("--general-rate", type=float, default=1.0, help="messages/s to general")
+    rooms.add_argument("--room-duration", type=float, default=20.0, help="measured seconds")
+    rooms.add_argument(
+        "--local-rooms",
+        type=float,
+        default=0.5,
+        help="share of rooms whose members are all on one worker (the rest: anyone)",
+    )
+    rooms.add_argument(
+        "--watch-share",
+        type=float,
+        default=0.0,
+        help="share of members that do not join their room: they watch it (unread bumps)",
+    )
+    rooms.add_argument(
+        "--room-idle", type=float, default=3.0, help="seconds of idle CPU measured first"
+    )
+    rooms.add_argument("--seed", type=int, default=14, help="rooms, members and schedule")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -906,6 +947,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.warmup, args.pause, args.retries = 2.0, 1.0, 0.0, 0
         args.idle_connections, args.clients_per_session, args.no_pin = 30, 5, True
         args.storm_connections = 30
+        args.room_users, args.rooms, args.room_rate, args.general_rate = 24, 8, 10.0, 1.0
+        args.room_duration, args.watch_share, args.room_idle = 3.0, 0.25, 1.0
     args.steps = [int(s) for s in str(args.steps).split(",")]
     args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
     if args.profile is not None and py_spy() is None:
@@ -937,6 +980,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for variant in args.memory_variants:
                 phase = await memory_phase(env, args, variant)
                 results["memory"].append(phase)
+        if args.only in (None, "rooms"):
+            from .rooms import rooms_phase
+
+            results["rooms"] = await rooms_phase(env, args)
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
 

@@ -91,3 +91,36 @@ def memory(pids: list[int]) -> Memory:
 def self_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def tcp_ports(pid: int) -> set[tuple[int, int]]:
+    """(local port, remote port) of every TCP socket this process holds open.
+
+    Which worker serves a client socket, or owns a Redis connection, is the
+    one whose descriptors include that socket's inode (/proc/<pid>/fd) in
+    the namespace's table (/proc/<pid>/net/tcp{,6}).
+    """
+    inodes: set[str] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return set()
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                local, remote = fields[1], fields[2]
+                found.add((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)))
+    return found

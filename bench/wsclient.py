@@ -40,6 +40,7 @@ except ImportError:  # the benchmark still runs, only its own CPU cost is higher
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 STAMP = "B"  # first field of every benchmark message text
+ROOM_STAMP = "R"  # first field of the rooms phase's message texts
 monotonic = time.monotonic
 
 
@@ -105,6 +106,8 @@ class Hub:
     close_codes: Counter[int] = field(default_factory=Counter)
     protocol_errors: Counter[str] = field(default_factory=Counter)
     delivered: int = 0  # all steps, for drain waits
+    # The rooms phase's observer (bench/rooms.py): gets its `R|` messages and `unread` bumps.
+    rooms: Any = None
 
 
 class ChatClient(asyncio.Protocol):
@@ -138,11 +141,22 @@ class ChatClient(asyncio.Protocol):
         self.probed = False
         self.seen = bytearray()
         self.last_by_sender: list[int] = []
+        # The handshake's X-Chat-Worker: which worker serves this socket.
+        self.worker: str | None = None
+        self.local_port = 0
+        self.user_id: str | None = None
+        # Direct replies awaited by `request`, by the `ref` the server copies onto them.
+        self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.refs = 0
+        # `room` frames this socket received (rooms it was added to), by room id.
+        self.rooms_seen: set[str] = set()
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        sockname = transport.get_extra_info("sockname")
+        self.local_port = int(sockname[1]) if sockname else 0
         origin = f"http://{self.host}:{self.port}"
         request = (
             f"GET /ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -162,6 +176,9 @@ class ChatClient(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("connection lost before ready"))
         if not self.joined.done():
             self.joined.set_exception(ConnectionError("connection lost before history"))
+        for reply in self.replies.values():
+            if not reply.done():
+                reply.set_exception(ConnectionError("connection lost before the reply"))
         if not self.closed.done():
             self.hub.close_codes[1006] += 1
             self.closed.set_result(1006)
@@ -218,6 +235,8 @@ class ChatClient(asyncio.Protocol):
             if line.startswith(b"sec-websocket-extensions:") and b"permessage-deflate" in line:
                 self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
                 self.fresh_inflater_per_message = b"server_no_context_takeover" in line
+            elif line.startswith(b"x-chat-worker:"):
+                self.worker = line.partition(b":")[2].strip().decode()
         self.handshaking = False
         self.opened.set_result(None)
 
@@ -259,22 +278,37 @@ class ChatClient(asyncio.Protocol):
             if text.startswith("B|"):
                 self._on_bench_message(text, now)
                 return
+            if text.startswith("R|"):
+                hub.rooms.on_message(self, message, text, len(payload), now)
+                return
             if text == hub.probe and not self.probed:
                 self.probed = True
                 hub.probe_seen += 1
                 if hub.probe_seen >= hub.probe_target:
                     hub.probe_done.set()
             hub.frames["message"] += 1
+        elif kind == "unread":
+            hub.frames["unread"] += 1
+            if hub.rooms is not None:
+                hub.rooms.on_unread(self, message, now)
         elif kind == "ready":
             hub.frames["ready"] += 1
+            user = message.get("user")
+            if isinstance(user, dict):
+                self.user_id = user.get("id")
             if not self.ready.done():
                 self.ready.set_result(message)
         elif kind == "history":
             hub.frames["history"] += 1
-            if not self.joined.done():
+            if not self._replied(message) and not self.joined.done():
                 self.joined.set_result(message)
         elif kind == "error":
             hub.frames["error"] += 1
+            if self._replied(message):
+                return
+            if hub.rooms is not None and str(message.get("client_id") or "").startswith("R"):
+                hub.rooms.on_error(self, message)
+                return
             if not self.joined.done() and message.get("client_id") is None:
                 # Anything but a send's error is the join's answer here.
                 self.joined.set_exception(RuntimeError(f"join answered {message}"))
@@ -287,6 +321,23 @@ class ChatClient(asyncio.Protocol):
                     step.rejected.add(int(client_id.partition("-")[2]))
         else:
             hub.frames[str(kind)] += 1
+            if kind == "room":
+                room = message.get("room")
+                if isinstance(room, dict) and isinstance(room.get("id"), str):
+                    self.rooms_seen.add(room["id"])
+            self._replied(message)
+
+    def _replied(self, message: dict[str, Any]) -> bool:
+        """Hand a direct reply (it carries our `ref`) to the `request` awaiting it."""
+        ref = message.get("ref")
+        if ref is None or not self.replies:
+            return False
+        reply = self.replies.pop(ref, None)
+        if reply is None:
+            return False
+        if not reply.done():
+            reply.set_result(message)
+        return True
 
     def _on_bench_message(self, text: str, now: float) -> None:
         hub = self.hub
@@ -326,6 +377,18 @@ class ChatClient(asyncio.Protocol):
 
     def send_json(self, value: dict[str, Any]) -> None:
         self.send_raw(encode_frame(dumps(value)))
+
+    async def request(self, value: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        """Send a frame with a fresh `ref` and wait for the direct reply or error carrying it."""
+        self.refs += 1
+        ref = f"r{self.refs}"
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.replies[ref] = reply
+        self.send_json({**value, "ref": ref})
+        try:
+            return await asyncio.wait_for(reply, timeout)
+        finally:
+            self.replies.pop(ref, None)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
