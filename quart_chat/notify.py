@@ -1,0 +1,163 @@
+"""Notification emails: unread DMs or mentions waiting for a user who is away.
+
+A user gets one email, through the mail outbox, when they have unread direct
+messages or mentions and no open socket for CHAT_NOTIFY_EMAIL_AFTER_MINUTES,
+and at most one per CHAT_NOTIFY_EMAIL_EVERY_MINUTES (SPEC §9).
+
+- A DM or a mention, and a user's last socket on a worker closing, put the
+  user in the sorted set `{notify}:due` scored by when to look (ZADD NX, so a
+  stream of DMs does not keep pushing the check back).
+- Every worker runs `Notifier.run`: one script takes the due users off the
+  set, so each is looked at by one worker; that worker checks they are still
+  offline everywhere (presence) and still have something unread, and sends
+  only if `SET {notify}:sent:<id> NX EX <every>` succeeds.
+
+The mail lists rooms and counts only: direct rooms by the other people's
+names, other rooms by name; never message text, never anyone's address but
+the recipient's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import keys
+from .config import Settings
+from .mail import APP_NAME, OutgoingMail
+from .models.rooms import DIRECT, RoomStore
+from .models.users import User, get_user
+from .outbox import queue_mail
+from .presence import PresenceTracker
+from .storage import as_text, script
+
+log = logging.getLogger(__name__)
+
+KIND = "notify"
+BATCH = 50
+POLL_MAX_SECONDS = 5.0
+REDIS_BACKOFF_SECONDS = 2.0
+# How long a queued notification is worth sending.
+MAIL_TTL_SECONDS = 3600
+
+# KEYS: due set. ARGV: now ms, limit. Takes the due users off the set in one
+# step, so two workers never both look at the same one.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+def notification_mail(
+    user: User, rooms: Sequence[tuple[str, int, int, bool]], public_url: str | None
+) -> OutgoingMail:
+    """`rooms`: (name, unread, mentions, direct) for each room worth listing."""
+    lines = []
+    for name, unread, mentions, direct in rooms:
+        if direct:
+            lines.append(f"- {name}: {unread} unread direct message{'s' if unread != 1 else ''}")
+        else:
+            lines.append(f"- #{name}: {mentions} mention{'s' if mentions != 1 else ''}")
+    where = f"Open {public_url} to read them." if public_url else f"open {APP_NAME} to read them."
+    text = (
+        f"Hello {user.name},\n\nWhile you were away on {APP_NAME}:\n\n"
+        + "\n".join(lines)
+        + f"\n\n{where[0].upper()}{where[1:]}\n"
+    )
+    return OutgoingMail(to=(user.email,), subject=f"Unread messages on {APP_NAME}", text=text)
+
+
+class Notifier:
+    def __init__(
+        self, redis: Redis, settings: Settings, rooms: RoomStore, presence: PresenceTracker
+    ) -> None:
+        self.redis = redis
+        self.rooms = rooms
+        self.presence = presence
+        self.after_ms = int(settings.notify_email_after_minutes * 60_000)
+        self.every_seconds = max(1, round(settings.notify_email_every_minutes * 60))
+        self.public_url = settings.public_url
+        self._claim = script(redis, _CLAIM)
+
+    @property
+    def enabled(self) -> bool:
+        return self.after_ms > 0
+
+    async def mark(self, user_ids: Sequence[str]) -> None:
+        """These users may need an email after the delay; the loop re-checks everything."""
+        if not self.enabled or not user_ids:
+            return
+        due = int(time.time() * 1000) + self.after_ms
+        try:
+            await self.redis.zadd(keys.NOTIFY_DUE, dict.fromkeys(user_ids, due), nx=True)
+        except (RedisError, OSError) as error:
+            log.warning("could not schedule notification emails: %s", error)
+
+    def mark_soon(self, user_ids: Sequence[str]) -> None:
+        """`mark` without waiting (a socket's cleanup must not wait on Redis)."""
+        if self.enabled and user_ids:
+            task = asyncio.get_running_loop().create_task(self.mark(user_ids))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+
+    async def run(self) -> None:
+        if not self.enabled:
+            await asyncio.Event().wait()  # off: idle, so supervision is quiet
+            return
+        poll = min(POLL_MAX_SECONDS, self.after_ms / 4000)
+        while True:
+            try:
+                await self.tick()
+            except (RedisError, OSError) as error:
+                log.warning("notification emails: Redis error %s", error)
+                await asyncio.sleep(REDIS_BACKOFF_SECONDS)
+            await asyncio.sleep(poll)
+
+    async def tick(self) -> int:
+        """Look at every due user once; returns how many emails were queued."""
+        due = await self._claim(keys=[keys.NOTIFY_DUE], args=[int(time.time() * 1000), BATCH])
+        if not due:
+            return 0
+        online = {person["id"] for person in await self.presence.online()}
+        sent = 0
+        for raw in due:
+            user_id = as_text(raw)
+            if user_id not in online and await self._notify(user_id):
+                sent += 1
+        return sent
+
+    async def _notify(self, user_id: str) -> bool:
+        user = await get_user(self.redis, user_id)
+        if user is None or user.deactivated:
+            return False
+        rooms = await self.rooms.rooms_of(user)
+        states = await self.rooms.read_states(user.id, [room.id for room in rooms])
+        listed = []
+        for room in rooms:
+            fields = self.rooms.viewer_fields(room, states[room.id])
+            direct = room.kind == DIRECT
+            if (direct and fields["unread"] > 0) or fields["mentions"] > 0:
+                listed.append((room.name_for(user), fields["unread"], fields["mentions"], direct))
+        if not listed:
+            return False
+        claimed = await self.redis.set(
+            keys.notify_sent(user.id), "1", nx=True, ex=self.every_seconds
+        )
+        if not claimed:
+            return False
+        await queue_mail(
+            self.redis,
+            notification_mail(user, listed, self.public_url),
+            kind=KIND,
+            ttl_seconds=MAIL_TTL_SECONDS,
+        )
+        return True
+
+
+_pending: set[asyncio.Task[None]] = set()
