@@ -1,0 +1,76 @@
+"""Notification emails across `quart-chat serve --workers 2` with a real SMTP server:
+both workers run the notifier, and a DM to someone away still makes exactly one email."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+
+from .servers import ChatServer
+from .smtp import SmtpSink
+from .twoworkers import (
+    chat_server_fixture,
+    log_in,
+    on_two_workers,
+    receive,
+    redis_client_fixture,
+    redis_server_fixture,
+)
+
+SINK = SmtpSink()  # its port is fixed now, for the server's settings
+
+redis_server = redis_server_fixture("notify-redis")
+server = chat_server_fixture(
+    "notify-chat",
+    **{**SINK.env(), "CHAT_NOTIFY_EMAIL_AFTER_MINUTES": "0.02", "CHAT_SMTP_TIMEOUT_SECONDS": "2"},
+)
+redis = redis_client_fixture()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sink() -> Iterator[SmtpSink]:
+    SINK.start()
+    try:
+        yield SINK
+    finally:
+        SINK.stop()
+
+
+async def answer(ws: ClientConnection, ref: str) -> dict[str, Any]:
+    while True:
+        frame = await receive(ws)
+        if frame.get("ref") == ref or frame.get("client_id") == ref:
+            return frame
+
+
+async def test_a_dm_to_someone_away_makes_exactly_one_email_with_two_workers(
+    server: ChatServer, redis: Redis, sink: SmtpSink
+) -> None:
+    ann, bob, cy = [await log_in(redis, server, name) for name in ("ann", "bob", "cy")]
+    # Ann and Cy keep sockets on both workers, so both workers are serving.
+    ann_ws, cy_ws = await on_two_workers(ann, cy)
+    await ann_ws.send(json.dumps({"type": "dm_open", "users": [bob.user_id], "ref": "open"}))
+    opened = await answer(ann_ws, "open")
+    room = opened["room"]["id"]
+    for text in ("first secret", "second secret"):
+        frame = {"type": "send", "room": room, "text": text, "client_id": text}
+        await ann_ws.send(json.dumps(frame))
+        await answer(ann_ws, text)
+    message = await asyncio.to_thread(sink.wait_for_message, "bob@example.com", 1, 30)
+    plain = message.get_body(("plain",))
+    assert plain is not None
+    text = str(plain.get_content())
+    assert "2 unread direct messages" in text
+    assert "secret" not in text and "ann@example.com" not in text
+    # Both workers keep polling; still only the one email.
+    await asyncio.sleep(3)
+    assert len(sink.messages_to("bob@example.com")) == 1
+    assert sink.messages_to("ann@example.com") == sink.messages_to("cy@example.com") == []
+    for ws in (ann_ws, cy_ws):
+        await ws.close()
