@@ -5,8 +5,9 @@ messages or mentions and no open socket for CHAT_NOTIFY_EMAIL_AFTER_MINUTES,
 and at most one per CHAT_NOTIFY_EMAIL_EVERY_MINUTES (SPEC §9).
 
 - A DM or a mention, and a user's last socket on a worker closing, put the
-  user in the sorted set `{notify}:due` scored by when to look (ZADD NX, so a
-  stream of DMs does not keep pushing the check back).
+  user in the sorted set `{notify}:due` scored by when to look (ZADD NX for
+  a message, so a stream of DMs does not keep pushing the check back; GT for a
+  closed socket, as the user is away only since then).
 - Every worker runs `Notifier.run`: one script takes the due users off the
   set, so each is looked at by one worker; that worker checks they are still
   offline everywhere (presence) and still have something unread, and sends
@@ -89,20 +90,27 @@ class Notifier:
     def enabled(self) -> bool:
         return self.after_ms > 0
 
-    async def mark(self, user_ids: Sequence[str]) -> None:
-        """These users may need an email after the delay; the loop re-checks everything."""
+    async def mark(self, user_ids: Sequence[str], *, away_now: bool = False) -> None:
+        """These users may need an email after the delay; the loop re-checks everything.
+
+        A DM or mention keeps an earlier check (NX: a stream of them does not
+        postpone it forever); a closed socket moves it later (GT: away since now).
+        """
         if not self.enabled or not user_ids:
             return
         due = int(time.time() * 1000) + self.after_ms
         try:
-            await self.redis.zadd(keys.NOTIFY_DUE, dict.fromkeys(user_ids, due), nx=True)
+            await self.redis.zadd(
+                keys.NOTIFY_DUE, dict.fromkeys(user_ids, due), nx=not away_now, gt=away_now
+            )
         except (RedisError, OSError) as error:
             log.warning("could not schedule notification emails: %s", error)
 
-    def mark_soon(self, user_ids: Sequence[str]) -> None:
-        """`mark` without waiting (a socket's cleanup must not wait on Redis)."""
-        if self.enabled and user_ids:
-            task = asyncio.get_running_loop().create_task(self.mark(user_ids))
+    def mark_away(self, user_id: str) -> None:
+        """`mark` for a user whose last socket here closed, without waiting (a
+        socket's cleanup must not wait on Redis)."""
+        if self.enabled:
+            task = asyncio.get_running_loop().create_task(self.mark([user_id], away_now=True))
             _pending.add(task)
             task.add_done_callback(_pending.discard)
 

@@ -74,3 +74,24 @@ async def test_a_dm_to_someone_away_makes_exactly_one_email_with_two_workers(
     assert sink.messages_to("ann@example.com") == sink.messages_to("cy@example.com") == []
     for ws in (ann_ws, cy_ws):
         await ws.close()
+
+
+async def test_a_dm_seen_while_online_is_emailed_only_after_the_last_socket_closes(
+    server: ChatServer, redis: Redis, sink: SmtpSink
+) -> None:
+    eve, dan = [await log_in(redis, server, name) for name in ("eve", "dan")]
+    eve_ws, dan_ws = await on_two_workers(eve, dan)
+    await eve_ws.send(json.dumps({"type": "dm_open", "users": [dan.user_id], "ref": "open"}))
+    room = (await answer(eve_ws, "open"))["room"]["id"]
+    frame = {"type": "send", "room": room, "text": "psst", "client_id": "psst"}
+    await eve_ws.send(json.dumps(frame))
+    await answer(eve_ws, "psst")
+    # Dan is online well past the delay: no email.
+    await asyncio.sleep(3)
+    assert sink.messages_to("dan@example.com") == []
+    # His socket closes with the DM unread: the email follows.
+    await dan_ws.close()
+    message = await asyncio.to_thread(sink.wait_for_message, "dan@example.com", 1, 30)
+    plain = message.get_body(("plain",))
+    assert plain is not None and "1 unread direct message" in str(plain.get_content())
+    await eve_ws.close()

@@ -220,7 +220,7 @@ class ChatConnection:
             hub.presence.remove(user)
             if not hub.presence.has(user.id):
                 # Their last socket here: maybe away now (the notifier re-checks).
-                hub.notifier.mark_soon([user.id])
+                hub.notifier.mark_away(user.id)
             outbox.stop()
         return outbox.close_code
 
