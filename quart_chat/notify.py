@@ -11,7 +11,8 @@ and at most one per CHAT_NOTIFY_EMAIL_EVERY_MINUTES (SPEC §9).
 - Every worker runs `Notifier.run`: one script takes the due users off the
   set, so each is looked at by one worker; that worker checks they are still
   offline everywhere (presence) and still have something unread, and sends
-  only if `SET {notify}:sent:<id> NX EX <every>` succeeds.
+  only if `SET {notify}:sent:<id> NX EX <every>` succeeds; if it does not (an
+  email went out lately), the user is looked at again when that window ends.
 
 The mail lists rooms and counts only: direct rooms by the other people's
 names, other rooms by name; never message text, never anyone's address but
@@ -154,10 +155,15 @@ class Notifier:
                 listed.append((room.name_for(user), fields["unread"], fields["mentions"], direct))
         if not listed:
             return False
-        claimed = await self.redis.set(
-            keys.notify_sent(user.id), "1", nx=True, ex=self.every_seconds
-        )
-        if not claimed:
+        sent_key = keys.notify_sent(user.id)
+        if not await self.redis.set(sent_key, "1", nx=True, ex=self.every_seconds):
+            # Emailed lately: look again when that window ends, so a DM that
+            # came in during it is not forgotten (NX: an earlier check stays).
+            wait_ms = await self.redis.pttl(sent_key)
+            if wait_ms > 0:
+                await self.redis.zadd(
+                    keys.NOTIFY_DUE, {user.id: int(time.time() * 1000) + wait_ms}, nx=True
+                )
             return False
         await queue_mail(
             self.redis,

@@ -154,3 +154,31 @@ async def test_no_email_once_read_or_while_online_or_when_off(
     assert await world.redis.zcard(keys.NOTIFY_DUE) == 0
     await run_for(notify, 1.0)
     assert await mails_to(smtp, "bob@example.com", 1.0) == []
+
+
+@pytest.mark.usefixtures("sending")
+async def test_a_dm_during_the_every_window_is_emailed_when_the_window_ends(
+    world: World, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    notify = notifier(world, tmp_path, notify_email_every_minutes=0.05)  # 3 s
+    task = asyncio.create_task(notify.run())
+    try:
+        await dm_to_bob(world, notify, "first")
+        [first] = await mails_to(smtp, "bob@example.com", 5)
+        assert "Ann Lee: 1 unread direct message\r\n" in body(first)
+        # A second DM right away: checked after the delay, but the window is on.
+        await dm_to_bob(world, notify, "second")
+        await asyncio.sleep(1.0)
+        assert len(smtp.messages_to("bob@example.com")) == 1
+        # Looked at again when the window ends: one more email with both.
+        async with asyncio.timeout(10):
+            while len(smtp.messages_to("bob@example.com")) < 2:
+                await asyncio.sleep(0.05)
+        second = smtp.messages_to("bob@example.com")[1]
+        assert "Ann Lee: 2 unread direct messages" in body(second)
+        # Nothing new since: no third one after the next window.
+        await asyncio.sleep(4.0)
+        assert len(smtp.messages_to("bob@example.com")) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -12,34 +12,47 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from .servers import ChatServer
+from .servers import ChatServer, RedisServer
 from .smtp import SmtpSink
 from .twoworkers import (
-    chat_server_fixture,
     log_in,
     on_two_workers,
     receive,
     redis_client_fixture,
     redis_server_fixture,
+    server_env,
 )
-
-SINK = SmtpSink()  # its port is fixed now, for the server's settings
 
 redis_server = redis_server_fixture("notify-redis")
-server = chat_server_fixture(
-    "notify-chat",
-    **{**SINK.env(), "CHAT_NOTIFY_EMAIL_AFTER_MINUTES": "0.02", "CHAT_SMTP_TIMEOUT_SECONDS": "2"},
-)
 redis = redis_client_fixture()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def sink() -> Iterator[SmtpSink]:
-    SINK.start()
+    # Started here, not at import: a port picked at collection time can be
+    # taken by another test's sink before this module runs.
+    sink = SmtpSink().start()
     try:
-        yield SINK
+        yield sink
     finally:
-        SINK.stop()
+        sink.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    redis_server: RedisServer, sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ChatServer]:
+    env = server_env(
+        redis_server,
+        **sink.env(),
+        CHAT_NOTIFY_EMAIL_AFTER_MINUTES="0.02",
+        CHAT_SMTP_TIMEOUT_SECONDS="2",
+    )
+    chat = ChatServer(tmp_path_factory.mktemp("notify-chat"), env=env, workers=2).start()
+    try:
+        yield chat
+    finally:
+        chat.stop()
 
 
 async def answer(ws: ClientConnection, ref: str) -> dict[str, Any]:
