@@ -117,6 +117,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
         return [origin.lower() for origin in value]
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or rest.startswith("/") or " " in value:
+            raise ValueError(f"{value!r} is not an address like https://chat.example.com/")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
