@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from . import keys
 from .config import Settings
 from .mail import APP_NAME, OutgoingMail
-from .models.rooms import DIRECT, RoomStore
+from .models.rooms import DIRECT, GENERAL, RoomStore
 from .models.users import User, get_user
 from .outbox import queue_mail
 from .presence import PresenceTracker
@@ -44,6 +44,7 @@ KIND = "notify"
 BATCH = 50
 POLL_MAX_SECONDS = 5.0
 REDIS_BACKOFF_SECONDS = 2.0
+ROOM_KINDS_CACHED = 10_000
 # How long a queued notification is worth sending.
 MAIL_TTL_SECONDS = 3600
 
@@ -86,10 +87,35 @@ class Notifier:
         self.every_seconds = max(1, round(settings.notify_email_every_minutes * 60))
         self.public_url = settings.public_url
         self._claim = script(redis, _CLAIM)
+        # room id -> a DM's member ids, () for any other room (kinds and DM
+        # members never change); cleared when full.
+        self._direct_members: dict[str, tuple[str, ...]] = {}
 
     @property
     def enabled(self) -> bool:
         return self.after_ms > 0
+
+    async def posted(self, room_id: str, poster_id: str, mentioned: Sequence[str]) -> None:
+        """A message was posted: a DM's other members and the people it names
+        may get an email later. Costs no Redis call for a message in a room
+        that is not a DM and names nobody (most of them), and one read per DM
+        room per worker (a DM's members never change)."""
+        if not self.enabled:
+            return
+        targets = set(mentioned)
+        if room_id != GENERAL:
+            members = self._direct_members.get(room_id)
+            if members is None:
+                room = await self.rooms.get(room_id)
+                if room is None:
+                    return
+                members = tuple(m.id for m in room.members) if room.kind == DIRECT else ()
+                if len(self._direct_members) >= ROOM_KINDS_CACHED:
+                    self._direct_members.clear()
+                self._direct_members[room_id] = members
+            targets.update(members)
+        targets.discard(poster_id)
+        await self.mark(sorted(targets))
 
     async def mark(self, user_ids: Sequence[str], *, away_now: bool = False) -> None:
         """These users may need an email after the delay; the loop re-checks everything.

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from quart_chat import keys
 from quart_chat.models.messages import RoomHistory
-from quart_chat.models.rooms import GENERAL, RoomStore
+from quart_chat.models.rooms import GENERAL, PUBLIC, RoomStore
 from quart_chat.models.users import User, get_or_create_user, set_name
 from quart_chat.notify import Notifier
 from quart_chat.presence import PresenceTracker
@@ -182,3 +182,21 @@ async def test_a_dm_during_the_every_window_is_emailed_when_the_window_ends(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_post_schedules_the_dms_other_members_and_the_people_it_names_only(
+    world: World, tmp_path: Path
+) -> None:
+    notify = notifier(world, tmp_path)
+    cy = await get_or_create_user(world.redis, "cy@example.com")
+    await notify.posted(GENERAL, world.ann.id, [])
+    room = await world.rooms.create(world.ann, PUBLIC, "plans", "", [world.bob.id])
+    await notify.posted(room.id, world.ann.id, [])
+    assert await world.redis.zcard(keys.NOTIFY_DUE) == 0  # nobody named, not a DM
+    await notify.posted(GENERAL, world.ann.id, [cy.id, world.ann.id])
+    assert await world.redis.zrange(keys.NOTIFY_DUE, 0, -1) == [cy.id.encode()]
+    dm, _ = await world.rooms.open_direct(world.ann, [world.bob.id, cy.id])
+    await world.redis.delete(keys.NOTIFY_DUE)
+    await notify.posted(dm.id, world.bob.id, [])
+    due = {member.decode() for member in await world.redis.zrange(keys.NOTIFY_DUE, 0, -1)}
+    assert due == {world.ann.id, cy.id}  # never the poster

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from .. import keys
 from ..models.changes import DELETE, EDIT, REACT, ChangeRefused
 from ..models.messages import JOIN_BACKLOG_MAX, JOIN_LAST, JOIN_PAGE, Message, NotMember
-from ..models.rooms import DIRECT, GENERAL, ReadState, Room, RoomError
+from ..models.rooms import GENERAL, ReadState, Room, RoomError
 from ..models.sessions import revoke_user_sessions, session_exists
 from ..models.users import (
     InvalidName,
@@ -426,18 +426,8 @@ class ChatConnection:
         # a retry, or a socket that has not joined the room, gets the echo directly.
         if not posted.created or not hub.fanout.is_joined(self.outbox, frame.room):
             self.outbox.deliver(posted.frame)
-        if posted.created and hub.notifier.enabled:
-            await self._schedule_emails(frame.room, posted.mentions)
-
-    async def _schedule_emails(self, room_id: str, mentioned: tuple[str, ...]) -> None:
-        """A DM's other members and the people a message names may get an email later."""
-        hub = self.hub
-        targets = set(mentioned)
-        room = await hub.rooms.get(room_id)
-        if room is not None and room.kind == DIRECT:
-            targets |= {member.id for member in room.members}
-        targets.discard(self.user.id)
-        await hub.notifier.mark(sorted(targets))
+        if posted.created:
+            await hub.notifier.posted(frame.room, self.user.id, posted.mentions)
 
     async def _history(self, frame: History) -> None:
         await self._authorise(frame.room, frame.ref)
