@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # gone without a FIN (a laptop that slept), and it would otherwise hold
     # presence "online" and memory forever. The page pings every 10 s.
     ws_idle_timeout_seconds: float = Field(60.0, gt=0)
+    # Email a user with unread DMs or mentions and no open socket for this long
+    # (0: never); at most one such email per CHAT_NOTIFY_EMAIL_EVERY_MINUTES.
+    notify_email_after_minutes: float = Field(10.0, ge=0)
+    notify_email_every_minutes: float = Field(60.0, gt=0)
+    # The app's address for links in notification emails; none: no link.
+    public_url: str | None = None
 
     @field_validator(
         "allowed_origins",
@@ -110,6 +116,16 @@ class Settings(BaseSettings):
             if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
                 raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
         return [origin.lower() for origin in value]
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or rest.startswith("/") or " " in value:
+            raise ValueError(f"{value!r} is not an address like https://chat.example.com/")
+        return value
 
     @field_validator("redis_url")
     @classmethod

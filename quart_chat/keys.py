@@ -12,7 +12,7 @@ that the keys one script touches share a slot:
 - `{login:<hash>}`: an address's login-code keys, tagged by a hash of the
   normalised email so that no address (braces included) appears in a name or
   splits its keys over slots;
-- `{mail}`, `{presence}`, `{sockets}`: each shared structure with the
+- `{mail}`, `{presence}`, `{sockets}`, `{notify}`: each shared structure with the
   per-item keys its scripts reach, in one slot each.
 
 Global indexes (`users:by-email`, `users:names`, `users:deactivated`,
@@ -86,6 +86,8 @@ MAIL_RETRY = "{mail}:retry"
 PRESENCE_WORKERS = "{presence}:workers"
 PRESENCE_NAMES = "{presence}:names"
 SOCKET_WORKERS = "{sockets}:workers"
+# User id -> when (ms) to check whether they should get a notification email.
+NOTIFY_DUE = "{notify}:due"
 # Presence and socket-cap scripts visit every live worker's hash, which only
 # the script knows (the workers set); they are given this prefix instead.
 PRESENCE_WORKER_PREFIX = "{presence}:worker:"
@@ -216,6 +218,11 @@ def mail(mail_id: str) -> str:
     return f"{{mail}}:{mail_id}"
 
 
+def notify_sent(user_id: str) -> str:
+    """Set while a user got a notification email within CHAT_NOTIFY_EMAIL_EVERY_MINUTES."""
+    return f"{{notify}}:sent:{user_id}"
+
+
 def presence_worker(worker_id: str) -> str:
     return PRESENCE_WORKER_PREFIX + worker_id
 
@@ -248,6 +255,8 @@ PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         re.escape(PRESENCE_WORKERS),
         re.escape(PRESENCE_NAMES),
         re.escape(SOCKET_WORKERS),
+        re.escape(NOTIFY_DUE),
+        rf"\{{notify\}}:sent:{_ID}",
         re.escape(PRESENCE_WORKER_PREFIX) + _ID,
         re.escape(SOCKET_WORKER_PREFIX) + _ID,
         rf"\{{room:{_ID}\}}:(history|meta|members|mentions|state)",

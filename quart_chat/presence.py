@@ -193,6 +193,10 @@ class PresenceTracker(WorkerCounts):
     def remove(self, user: User) -> None:
         self._uncount(user.id)
 
+    def has(self, user_id: str) -> bool:
+        """Whether the user has a socket open on this worker."""
+        return self._counts.get(user_id, 0) > 0
+
     async def online(self) -> list[dict[str, str]]:
         result: list[dict[str, str]] = json.loads(await self.online_json())
         return result

@@ -144,16 +144,23 @@ class ChatServer:
         )
         log.close()
         if wait:
-            self.wait_healthy()
-            # /healthz answers from the first worker up; wait for all of them.
-            wait_for(
-                lambda: (
-                    self.log_path.read_bytes()[log_start:].count(b"Running on http://")
-                    >= self.workers
-                ),
-                timeout=30,
-                what=f"{self.workers} workers serving",
-            )
+            try:
+                self.wait_healthy()
+                # /healthz answers from the first worker up; wait for all of them.
+                wait_for(
+                    lambda: (
+                        self.log_path.read_bytes()[log_start:].count(b"Running on http://")
+                        >= self.workers
+                    ),
+                    timeout=30,
+                    what=f"{self.workers} workers serving",
+                )
+            except BaseException:
+                # A fixture that fails here never reaches its `stop()`: without
+                # this, the process outlives the test and its Popen warns later,
+                # in whichever test the garbage collector happens to run.
+                self.stop()
+                raise
         return self
 
     def healthz(self) -> int:

@@ -90,6 +90,9 @@ def test_reads_dotenv_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         ("CHAT_ALLOWED_EMAILS", "ada@example.com, <eve@evil.test>", "CHAT_ALLOWED_EMAILS: '<eve"),
         ("CHAT_ALLOWED_EMAIL_DOMAINS", "evil.test>", "CHAT_ALLOWED_EMAIL_DOMAINS: 'evil.test>'"),
         ("CHAT_ADMIN_EMAILS", "root", "CHAT_ADMIN_EMAILS: 'root' is not an email address"),
+        ("CHAT_PUBLIC_URL", "chat.example.com", "CHAT_PUBLIC_URL: 'chat.example.com' is not an"),
+        ("CHAT_NOTIFY_EMAIL_AFTER_MINUTES", "-1", "CHAT_NOTIFY_EMAIL_AFTER_MINUTES: Input should"),
+        ("CHAT_NOTIFY_EMAIL_EVERY_MINUTES", "0", "CHAT_NOTIFY_EMAIL_EVERY_MINUTES: Input should"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_variable(

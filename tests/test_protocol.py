@@ -14,6 +14,7 @@ from quart_chat.realtime.protocol import (
     MAX_CONTAINERS,
     MAX_NESTING,
     MAX_REF,
+    SHORT_NAMES,
     Delete,
     DmOpen,
     Edit,
@@ -39,6 +40,7 @@ from quart_chat.realtime.protocol import (
     UserDeactivate,
     UserReactivate,
     event_payload,
+    is_emoji,
     message_payload,
     parse_frame,
     parse_payload,
@@ -245,9 +247,12 @@ def test_bad_edits_are_refused_with_their_ref(fields: str) -> None:
 
 @pytest.mark.parametrize(
     "emoji",
-    ["", "a", "👍a", "<b>", "\u200d", "👍" * 33, 1, None, ["👍"], "👍 ", "\u202e👍"],
+    [
+        *("", "a", "👍a", "<b>", "\u200d", "👍" * 33, 1, None, ["👍"], "👍 ", "\u202e👍"),
+        *("👍👍", "🇫", "🇫🇷🇩🇪", "🏻", "👍\u200d", "1", ":nope:", "::", ":thumbsup", "〰"),
+    ],
 )
-def test_reactions_must_be_a_few_emoji(emoji: object) -> None:
+def test_reactions_must_be_one_emoji_or_a_known_short_name(emoji: object) -> None:
     frame = {"type": "react", "room": "general", "id": "5-1", "emoji": emoji, "ref": "r"}
     error = parse(json.dumps(frame))
     assert isinstance(error, FrameError) and error.code == "bad_request" and error.ref == "r"
@@ -265,3 +270,29 @@ def test_a_change_payload_is_ordered_like_a_message_but_marked_as_a_change() -> 
     assert parse_payload('M 6-0 bob {"type":"message"}') == MessagePayload(
         "6-0", "bob", '{"type":"message"}'
     )
+
+
+@pytest.mark.parametrize(
+    "emoji",
+    [
+        "🏳️‍🌈",
+        "👨‍👩‍👧",
+        "🧑🏽‍💻",
+        "🇫🇷",
+        "1️⃣",
+        "❤️",
+        "👍🏽",
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+    ],
+)
+def test_one_emoji_of_many_code_points_is_one_reaction(emoji: str) -> None:
+    frame = {"type": "react", "room": "general", "id": "5-1", "emoji": emoji}
+    assert parse(json.dumps(frame)) == React("general", "5-1", emoji, True, None)
+
+
+def test_short_names_are_stored_as_their_emoji() -> None:
+    assert len(SHORT_NAMES) >= 50
+    assert all(is_emoji(emoji) for emoji in SHORT_NAMES.values())
+    for name, emoji in (("thumbsup", "👍"), ("+1", "👍"), ("TADA", "🎉"), ("heart", "❤️")):
+        frame = {"type": "react", "room": "general", "id": "5-1", "emoji": f":{name}:"}
+        assert parse(json.dumps(frame)) == React("general", "5-1", emoji, True, None)

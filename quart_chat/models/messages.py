@@ -96,6 +96,8 @@ class Posted:
     created: bool
     # The room's message count at this message; None for a retry's echo.
     seq: int | None = None
+    # Who the message mentions by name (not @everyone): for email notifications.
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,9 @@ class RoomHistory:
         if int(result[0]) == 1:
             seq = int(result[3])
             await advance_read(self.redis, user.id, room, message_id, seq, int(result[4]))
-            return Posted(message_id, as_text(result[2]), created=True, seq=seq)
+            return Posted(
+                message_id, as_text(result[2]), created=True, seq=seq, mentions=tuple(mentions.ids)
+            )
         original = await self.get(room, message_id)
         if original is None:
             # Trimmed from the stream since: echo the retry itself under the original id.

@@ -136,9 +136,11 @@ WRITES = (
 # the page searches people as one types.
 LISTS = (Members, People, RoomsBrowse)
 LIST_REQUESTS_PER_SOCKET = 60
-# At most one `typing` published per socket per room per this interval; the rest
-# are dropped without a word before any Redis call (the page sends one every 3 s,
-# so jitter never drops one of those). Typing events are never stored.
+# At most one `typing` published per socket per room per this interval, checked
+# before any Redis call (the page sends one every 3 s, so jitter never refuses
+# one of those). The first extra one in an interval is answered `rate_limited`,
+# the rest are dropped without a word: a flood is not answered with a flood.
+# Typing events are never stored.
 TYPING_INTERVAL_SECONDS = 2.0
 
 
@@ -189,8 +191,9 @@ class ChatConnection:
         self._backlog_window_end = 0.0
         self._lists_count = 0
         self._lists_window_end = 0.0
-        # room -> when this socket's last `typing` there was published (time.monotonic()).
-        self._typed: dict[str, float] = {}
+        # room -> when this socket's last `typing` there was published
+        # (time.monotonic()), and whether one was refused since.
+        self._typed: dict[str, tuple[float, bool]] = {}
 
     @property
     def user(self) -> User:
@@ -218,6 +221,9 @@ class ChatConnection:
         finally:
             hub.fanout.remove(outbox)
             hub.presence.remove(user)
+            if not hub.presence.has(user.id):
+                # Their last socket here: maybe away now (the notifier re-checks).
+                hub.notifier.mark_away(user.id)
             outbox.stop()
         return outbox.close_code
 
@@ -420,6 +426,8 @@ class ChatConnection:
         # a retry, or a socket that has not joined the room, gets the echo directly.
         if not posted.created or not hub.fanout.is_joined(self.outbox, frame.room):
             self.outbox.deliver(posted.frame)
+        if posted.created:
+            await hub.notifier.posted(frame.room, self.user.id, posted.mentions)
 
     async def _history(self, frame: History) -> None:
         await self._authorise(frame.room, frame.ref)
@@ -476,11 +484,20 @@ class ChatConnection:
         a PUBLISH sent twice after a reconnect only shows the same line again).
         """
         now, room = self.outbox.heard, frame.room
-        last = self._typed.get(room)
+        last, refused = self._typed.get(room, (None, False))
         if last is not None and now - last < TYPING_INTERVAL_SECONDS:
-            return
+            if refused:
+                return  # a flood gets one error per window, not one per frame
+            self._typed[room] = (last, True)
+            retry_after = max(1, math.ceil(last + TYPING_INTERVAL_SECONDS - now))
+            raise FrameError(
+                RATE_LIMITED,
+                f"typing at most once every {TYPING_INTERVAL_SECONDS:g} s per room",
+                ref=frame.ref,
+                retry_after=retry_after,
+            )
         await self._authorise(room, frame.ref)
-        self._typed[room] = now
+        self._typed[room] = (now, False)
         user = self.user
         payload = event_payload(EVENT_TYPING, user.id, typing_frame(room, user.id, user.name))
         await self.hub.pipelined.execute_command("PUBLISH", keys.room_channel(room), payload)

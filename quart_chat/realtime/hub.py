@@ -18,6 +18,7 @@ from ..migrations import migrate
 from ..models.changes import MessageChanges
 from ..models.messages import RoomHistory
 from ..models.rooms import RoomStore
+from ..notify import Notifier
 from ..outbox import CLAIM_MARGIN_SECONDS, MailOutbox
 from ..presence import PresenceTracker
 from ..socketcaps import SocketCaps
@@ -97,6 +98,7 @@ class ChatHub:
             settings.max_sockets_per_address,
             handshakes=self.pipelined,
         )
+        self.notifier = Notifier(redis, settings, self.rooms, self.presence)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -122,6 +124,7 @@ class ChatHub:
             "chat-presence": self.presence.run,
             "chat-socket-caps": self.socket_caps.run,
             "mail-outbox": self.outbox.run,
+            "notify-email": self.notifier.run,
         }
         self._tasks = [
             asyncio.create_task(supervise(name, run), name=name) for name, run in loops.items()

@@ -384,20 +384,45 @@ def _message_id(data: dict[str, Any]) -> str:
     return value
 
 
-# Characters an emoji is made of besides symbols: zero-width joiner, variation
-# selectors, the combining keycap, and tag characters (subdivision flags).
-_EMOJI_GLUE = frozenset("\u200d\ufe0e\ufe0f\u20e3") | frozenset(
-    chr(c) for c in range(0xE0020, 0xE0080)
-)
+# `:short_name:` reactions (SPEC §9: a fixed list of at least 50), stored as
+# the emoji itself, so `:thumbsup:` and 👍 are one reaction.
+SHORT_NAMES: dict[str, str] = {
+    "+1": "👍", "thumbsup": "👍", "-1": "👎", "thumbsdown": "👎", "ok_hand": "👌",
+    "clap": "👏", "wave": "👋", "pray": "🙏", "raised_hands": "🙌", "muscle": "💪",
+    "point_up": "☝️", "v": "✌️", "handshake": "🤝", "eyes": "👀", "heart": "❤️",
+    "broken_heart": "💔", "blue_heart": "💙", "green_heart": "💚", "sparkles": "✨",
+    "fire": "🔥", "star": "⭐", "tada": "🎉", "rocket": "🚀", "100": "💯", "boom": "💥",
+    "zap": "⚡", "bulb": "💡", "white_check_mark": "✅", "heavy_check_mark": "✔️",
+    "x": "❌", "warning": "⚠️", "question": "❓", "exclamation": "❗", "smile": "😄",
+    "smiley": "😃", "grinning": "😀", "joy": "😂", "rofl": "🤣", "wink": "😉",
+    "blush": "😊", "slightly_smiling_face": "🙂", "upside_down_face": "🙃",
+    "heart_eyes": "😍", "thinking": "🤔", "neutral_face": "😐", "expressionless": "😑",
+    "unamused": "😒", "roll_eyes": "🙄", "grimacing": "😬", "relieved": "😌",
+    "sleeping": "😴", "sob": "😭", "cry": "😢", "scream": "😱", "open_mouth": "😮",
+    "astonished": "😲", "confused": "😕", "sweat_smile": "😅", "sunglasses": "😎",
+    "nerd_face": "🤓", "partying_face": "🥳", "shrug": "🤷", "facepalm": "🤦",
+    "coffee": "☕", "beer": "🍺", "pizza": "🍕", "cake": "🍰", "trophy": "🏆",
+    "bug": "🐛", "memo": "📝", "calendar": "📅", "lock": "🔒", "link": "🔗",
+    "hourglass": "⌛", "ship": "🚢", "construction": "🚧", "rotating_light": "🚨",
+    "see_no_evil": "🙈", "skull": "💀", "ghost": "👻", "robot": "🤖",
+}  # fmt: skip
+
+_ZWJ = "\u200d"
+_VARIATION = "\ufe0e\ufe0f"
+_KEYCAP_BASES = frozenset("0123456789#*")
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+_SKIN_TONES = range(0x1F3FB, 0x1F400)
+_TAG_END = "\U000e007f"
+_TAGS = range(0xE0020, 0xE007F)
 
 
 def _react(data: dict[str, Any], ref: str | None) -> React:
     room, target = _room(data), _message_id(data)
     emoji = data.get("emoji")
+    if isinstance(emoji, str) and emoji.startswith(":") and emoji.endswith(":"):
+        emoji = SHORT_NAMES.get(emoji[1:-1].lower(), emoji)
     if not isinstance(emoji, str) or not is_emoji(emoji):
-        raise FrameError(
-            BAD_REQUEST, f"emoji must be one or a few emoji (at most {MAX_EMOJI_CHARS} chars)"
-        )
+        raise FrameError(BAD_REQUEST, "emoji must be one emoji or a :short_name: the server knows")
     on = data.get("on", True)
     if not isinstance(on, bool):
         raise FrameError(BAD_REQUEST, "on must be true or false")
@@ -405,21 +430,37 @@ def _react(data: dict[str, Any], ref: str | None) -> React:
 
 
 def is_emoji(text: str) -> bool:
-    """One or a few emoji: every char a symbol (So, Sk) or emoji glue, one a symbol.
+    """One emoji as people see it (one grapheme): a flag (two regional
+    indicators), a keycap (``1️⃣``), or symbols joined by zero-width joiners,
+    each with an optional variation selector, skin tone and tag sequence
+    (subdivision flags). Words, markup, invisible text and rows of emoji are not.
 
-    Simple on purpose: it keeps words, markup and invisible text out of
-    reactions without a table of every emoji sequence.
+    Structural on purpose: no table of every emoji sequence to keep current.
     """
     if not 1 <= len(text) <= MAX_EMOJI_CHARS:
         return False
-    symbols = 0
-    for char in text:
-        category = unicodedata.category(char)
-        if category == "So":
-            symbols += 1
-        elif category != "Sk" and char not in _EMOJI_GLUE:
-            return False
-    return symbols > 0
+    codes = [ord(char) for char in text]
+    if len(codes) == 2 and all(code in _REGIONAL_INDICATORS for code in codes):
+        return True
+    if text[0] in _KEYCAP_BASES:
+        return text[1:] in ("\u20e3", "\ufe0f\u20e3")
+    return all(_is_emoji_element(element) for element in text.split(_ZWJ))
+
+
+def _is_emoji_element(element: str) -> bool:
+    if not element:
+        return False
+    base, rest = element[0], element[1:]
+    if unicodedata.category(base) != "So" or ord(base) in _REGIONAL_INDICATORS:
+        return False
+    if rest[:1] and rest[0] in _VARIATION:
+        rest = rest[1:]
+    if rest[:1] and ord(rest[0]) in _SKIN_TONES:
+        rest = rest[1:]
+    if not rest:
+        return True
+    # A tag sequence (🏴 + tags + cancel tag: England, Scotland, Wales).
+    return rest[-1] == _TAG_END and len(rest) > 1 and all(ord(c) in _TAGS for c in rest[:-1])
 
 
 def _id(data: dict[str, Any], field: str) -> str:

@@ -108,6 +108,8 @@ async def test_changes_nobody_may_make_are_refused_and_store_nothing(
             ({"type": "react", "id": message["id"], "emoji": "lol"}, "bad_request", ""),
             ({"type": "react", "id": message["id"], "emoji": "👍" * 40}, "bad_request", ""),
             ({"type": "react", "id": message["id"], "emoji": "<b>"}, "bad_request", ""),
+            ({"type": "react", "id": message["id"], "emoji": "👍👍"}, "bad_request", ""),
+            ({"type": "react", "id": message["id"], "emoji": ":nope:"}, "bad_request", ""),
             ({"type": "edit", "id": message["id"], "text": " "}, "bad_request", ""),
         ]
         for frame, code, text in cases:
@@ -168,15 +170,16 @@ async def test_reactions_toggle_and_count_who_reacted(app: ChatApp, redis: Redis
         message = await post(ann_ws, "general", "vote")
         await receive_type(bob_ws, "message")
         react = {"type": "react", "room": "general", "id": message["id"]}
-        for ws in (ann_ws, bob_ws):
-            assert (await ask(ws, {**react, "emoji": "👍", "on": True}))["type"] == "ok"
+        # A :short_name: is the same reaction as its emoji.
+        for ws, emoji in ((ann_ws, "👍"), (bob_ws, ":thumbsup:")):
+            assert (await ask(ws, {**react, "emoji": emoji, "on": True}))["type"] == "ok"
         assert (await ask(bob_ws, {**react, "emoji": "👨‍👩‍👧", "on": True}))["type"] == "ok"
         (shown,) = await history(bob_ws)
         assert shown["reactions"] == [
             {"emoji": "👍", "count": 2, "users": [ann.user.id, bob.user.id], "me": True},
             {"emoji": "👨‍👩‍👧", "count": 1, "users": [bob.user.id], "me": True},
         ]
-        assert (await ask(bob_ws, {**react, "emoji": "👍", "on": False}))["type"] == "ok"
+        assert (await ask(bob_ws, {**react, "emoji": ":+1:", "on": False}))["type"] == "ok"
         assert (await ask(bob_ws, {**react, "emoji": "👨‍👩‍👧", "on": False}))["type"] == "ok"
         (shown,) = await history(ann_ws)
         assert shown["reactions"] == [

@@ -37,6 +37,8 @@ async def joined(
     monkeypatch.setattr(connection, "BACKLOG_REQUESTS_PER_SOCKET", UNLIMITED)
     # Examples come faster than the pong throttle: answer every ping here.
     monkeypatch.setattr(connection, "PONG_INTERVAL_SECONDS", 0.0)
+    # Likewise typing (its throttle has its own test, test_chat_typing.py).
+    monkeypatch.setattr(connection, "TYPING_INTERVAL_SECONDS", 0.0)
     app = create_app(
         make_settings(
             redis_url,

@@ -122,9 +122,14 @@ async def test_a_flood_of_typing_publishes_one_per_window_and_the_socket_stays_o
     async with ann.socket() as ann_ws, bob.socket() as bob_ws:
         await start(ann_ws)
         await start(bob_ws)
-        for _ in range(50):
-            await bob_ws.send_json({"type": "typing", "room": "general"})
-        await settled(bob_ws)  # dropped silently: the pong is the next frame Bob gets
+        for number in range(50):
+            await bob_ws.send_json({"type": "typing", "room": "general", "ref": f"t{number}"})
+        # The first extra one is refused with its ref; the other 48 are dropped
+        # without a word: after that error, the pong is the next frame Bob gets.
+        refused = await receive_type(bob_ws, "error")
+        assert refused["code"] == "rate_limited" and refused["ref"] == "t1", refused
+        assert "typing at most once every" in refused["message"]
+        await settled(bob_ws)
         assert len(await typing_payloads(published)) == 1
         await asyncio.sleep(1.0)  # the window is over: the next one goes out
         await bob_ws.send_json({"type": "typing", "room": "general"})
