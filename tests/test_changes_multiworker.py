@@ -10,12 +10,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .servers import ChatServer
-from .test_rooms_multiworker import create_room, join, tabs_on_two_workers
 from .twoworkers import (
     chat_server_fixture,
+    create_room,
+    join,
     log_in,
     redis_client_fixture,
     redis_server_fixture,
+    tabs_on_two_workers,
 )
 
 redis_server = redis_server_fixture("changes-redis")

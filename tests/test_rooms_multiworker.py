@@ -5,13 +5,10 @@ to the rooms and users it has sockets for."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
 
 from quart_chat import keys
 from quart_chat.models.users import get_user
@@ -19,86 +16,24 @@ from quart_chat.realtime.bus import CLIENT_NAME_PREFIX
 
 from .servers import ChatServer
 from .twoworkers import (
-    Person,
+    Tab,
     chat_server_fixture,
     close_code,
+    create_room,
+    join,
     log_in,
-    on_two_workers,
-    receive,
     redis_client_fixture,
     redis_server_fixture,
-    worker,
+    tabs_on_two_workers,
 )
 
 ADMIN = "root@example.com"
 FIXED_CHANNELS = 3  # presence, session revocations, renames
-_refs = itertools.count()
 
 
 redis_server = redis_server_fixture("rooms-redis")
 server = chat_server_fixture("rooms-chat", CHAT_ADMIN_EMAILS=ADMIN)
 redis = redis_client_fixture()
-
-
-class Tab:
-    """A socket and the frames read from it while looking for others."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.held: list[dict[str, Any]] = []
-
-    @property
-    def worker(self) -> str:
-        return worker(self.ws)
-
-    async def next(self) -> dict[str, Any]:
-        return self.held.pop(0) if self.held else await receive(self.ws)
-
-    async def ask(self, frame: dict[str, Any]) -> dict[str, Any]:
-        ref = f"ref-{next(_refs)}"
-        await self.ws.send(json.dumps({**frame, "ref": ref}))
-        skipped = []
-        while True:
-            answer = await receive(self.ws)
-            if answer.get("ref") == ref:
-                self.held += skipped
-                return answer
-            skipped.append(answer)
-
-    async def until(
-        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda f: True
-    ) -> list[dict[str, Any]]:
-        """Frames up to and including the first of `kind` for which `where` holds."""
-        seen = []
-        while True:
-            frame = await self.next()
-            if frame["type"] == "presence":
-                continue
-            seen.append(frame)
-            if frame["type"] == kind and where(frame):
-                return seen
-
-    async def send(self, room: str, text: str) -> None:
-        frame = {"type": "send", "room": room, "text": text, "client_id": text}
-        await self.ws.send(json.dumps(frame))
-
-
-async def tabs_on_two_workers(one: Person, two: Person) -> tuple[Tab, Tab]:
-    first, second = await on_two_workers(one, two)
-    return Tab(first), Tab(second)
-
-
-async def create_room(tab: Tab, name: str, **extra: Any) -> str:
-    reply = await tab.ask({"type": "room_create", "kind": "private", "name": name, **extra})
-    assert reply["type"] == "room", reply
-    room_id: str = reply["room"]["id"]
-    return room_id
-
-
-async def join(tab: Tab, room: str) -> list[str]:
-    reply = await tab.ask({"type": "join", "room": room})
-    assert reply["type"] == "history", reply
-    return [m["id"] for m in reply["messages"]]
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:

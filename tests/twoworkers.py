@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -167,3 +168,69 @@ async def close_code(ws: ClientConnection, timeout: float = WAIT) -> int | None:
             while True:
                 await ws.recv()
     return ws.close_code
+
+
+# -- tabs: sockets that ask with a ref and wait for frames --------------------------------
+
+_refs = itertools.count()
+
+
+class Tab:
+    """A socket and the frames read from it while looking for others."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.held: list[dict[str, Any]] = []
+
+    @property
+    def worker(self) -> str:
+        return worker(self.ws)
+
+    async def next(self) -> dict[str, Any]:
+        return self.held.pop(0) if self.held else await receive(self.ws)
+
+    async def ask(self, frame: dict[str, Any]) -> dict[str, Any]:
+        ref = f"ref-{next(_refs)}"
+        await self.ws.send(json.dumps({**frame, "ref": ref}))
+        skipped = []
+        while True:
+            answer = await receive(self.ws)
+            if answer.get("ref") == ref:
+                self.held += skipped
+                return answer
+            skipped.append(answer)
+
+    async def until(
+        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda f: True
+    ) -> list[dict[str, Any]]:
+        """Frames up to and including the first of `kind` for which `where` holds."""
+        seen = []
+        while True:
+            frame = await self.next()
+            if frame["type"] == "presence":
+                continue
+            seen.append(frame)
+            if frame["type"] == kind and where(frame):
+                return seen
+
+    async def send(self, room: str, text: str) -> None:
+        frame = {"type": "send", "room": room, "text": text, "client_id": text}
+        await self.ws.send(json.dumps(frame))
+
+
+async def tabs_on_two_workers(one: Person, two: Person) -> tuple[Tab, Tab]:
+    first, second = await on_two_workers(one, two)
+    return Tab(first), Tab(second)
+
+
+async def create_room(tab: Tab, name: str, **extra: Any) -> str:
+    reply = await tab.ask({"type": "room_create", "kind": "private", "name": name, **extra})
+    assert reply["type"] == "room", reply
+    room_id: str = reply["room"]["id"]
+    return room_id
+
+
+async def join(tab: Tab, room: str) -> list[str]:
+    reply = await tab.ask({"type": "join", "room": room})
+    assert reply["type"] == "history", reply
+    return [m["id"] for m in reply["messages"]]

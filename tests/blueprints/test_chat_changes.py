@@ -16,9 +16,18 @@ from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.realtime import connection
 
-from ..chatting import log_in, receive, receive_type, start
+from ..chatting import (
+    ask,
+    create_room,
+    log_in,
+    next_frame,
+    post,
+    receive,
+    receive_type,
+    snapshot,
+    start,
+)
 from ..conftest import make_settings
-from .test_chat_rooms import ask, create_room, next_frame, post, snapshot
 
 
 @pytest.fixture

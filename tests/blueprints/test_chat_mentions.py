@@ -15,9 +15,8 @@ from quart_chat.base import ChatApp
 from quart_chat.models.users import set_name
 from quart_chat.realtime import connection
 
-from ..chatting import log_in, receive, start
+from ..chatting import ask, create_room, frames_until, join_room, log_in, post, receive, start
 from ..conftest import make_settings
-from .test_chat_rooms import ask, create_room, frames_until, join_room, post
 
 
 @pytest.fixture

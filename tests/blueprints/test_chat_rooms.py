@@ -4,7 +4,6 @@ client and a real Redis: what each user's sockets see, and what they never see."
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,22 @@ from quart_chat.app import create_app
 from quart_chat.base import ChatApp
 from quart_chat.realtime import connection
 
-from ..chatting import log_in, receive, receive_type, start
+from ..chatting import (
+    ask,
+    create_room,
+    frames_until,
+    join_room,
+    log_in,
+    post,
+    receive,
+    receive_type,
+    room_frame_where,
+    snapshot,
+    start,
+)
 from ..conftest import make_settings
 
 ADMIN = "root@example.com"
-_refs = itertools.count()
 
 
 @pytest.fixture
@@ -36,87 +46,6 @@ async def app(redis_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Cha
 @pytest.fixture(autouse=True)
 def every_ping_answered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection, "PONG_INTERVAL_SECONDS", 0.0)
-
-
-# Frames read while looking for another, per socket, for the next look.
-_held: dict[int, list[dict[str, Any]]] = {}
-
-
-async def next_frame(ws: Socket) -> dict[str, Any]:
-    held = _held.get(id(ws))
-    if held:
-        return held.pop(0)
-    return await receive(ws)
-
-
-async def ask(ws: Socket, frame: dict[str, Any]) -> dict[str, Any]:
-    """Send `frame` with a fresh `ref`; the frame that answers it (carrying that ref).
-    Frames that come first are kept for `frames_until`."""
-    ref = f"ref-{next(_refs)}"
-    await ws.send_json({**frame, "ref": ref})
-    skipped = []
-    while True:
-        answer = await receive(ws)
-        if answer.get("ref") == ref:
-            _held.setdefault(id(ws), []).extend(skipped)
-            return answer
-        skipped.append(answer)
-
-
-async def frames_until(ws: Socket, kind: str, **fields: Any) -> list[dict[str, Any]]:
-    """Every frame up to and including the first of `kind` with these fields, presence
-    news left out."""
-    seen = []
-    while True:
-        frame = await next_frame(ws)
-        if frame["type"] == "presence":
-            continue
-        seen.append(frame)
-        if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
-            return seen
-
-
-async def room_frame_where(ws: Socket, **fields: Any) -> dict[str, Any]:
-    """The next `room` frame whose room object has these fields."""
-    while True:
-        room: dict[str, Any] = (await frames_until(ws, "room"))[-1]["room"]
-        if all(room.get(k) == v for k, v in fields.items()):
-            return room
-
-
-async def create_room(ws: Socket, name: str, kind: str = "private", **extra: Any) -> str:
-    reply = await ask(ws, {"type": "room_create", "kind": kind, "name": name, **extra})
-    assert reply["type"] == "room", reply
-    room_id: str = reply["room"]["id"]
-    return room_id
-
-
-async def join_room(ws: Socket, room: str) -> list[dict[str, Any]]:
-    reply = await ask(ws, {"type": "join", "room": room})
-    assert reply["type"] == "history", reply
-    messages: list[dict[str, Any]] = reply["messages"]
-    return messages
-
-
-async def post(ws: Socket, room: str, text: str) -> dict[str, Any]:
-    """Post and wait for the stored message (the echo through the room, or directly)."""
-    await ws.send_json({"type": "send", "room": room, "text": text, "client_id": text})
-    while True:
-        frame = await receive(ws)
-        if frame["type"] == "message" and frame["client_id"] == text:
-            return frame
-        assert frame["type"] in ("presence", "unread", "room", "read"), frame
-
-
-async def snapshot(redis: Redis, *patterns: str) -> dict[bytes, bytes | None]:
-    """Every key matching the patterns, dumped: equal snapshots mean nothing was stored."""
-    names = [
-        name
-        for pattern in patterns
-        async for name in redis.scan_iter(match=pattern)
-        if b":ratelimit:" not in name
-    ]
-    return {name: await redis.dump(name) for name in sorted(names)}
 
 
 # -- nobody learns about a room they are not in ----------------------------------------

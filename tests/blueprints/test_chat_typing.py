@@ -19,9 +19,18 @@ from quart_chat.base import ChatApp
 from quart_chat.models.messages import RoomHistory
 from quart_chat.realtime import connection
 
-from ..chatting import log_in, receive, receive_type, start
+from ..chatting import (
+    ask,
+    create_room,
+    frames_until,
+    join_room,
+    log_in,
+    post,
+    receive,
+    receive_type,
+    start,
+)
 from ..conftest import make_settings
-from .test_chat_rooms import ask, create_room, frames_until, join_room, post
 
 
 @pytest.fixture
