@@ -158,12 +158,30 @@ _REFUSED: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+class Window:
+    """A fixed-window counter in memory: at most `limit` hits per `seconds`."""
+
+    __slots__ = ("count", "ends", "limit", "seconds")
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit, self.seconds = limit, seconds
+        self.count, self.ends = 0, 0.0
+
+    def hit(self) -> int | None:
+        """Count one; None if within the limit, else the seconds until the window ends."""
+        now = asyncio.get_running_loop().time()
+        if now >= self.ends:
+            self.ends, self.count = now + self.seconds, 0
+        self.count += 1
+        if self.count <= self.limit:
+            return None
+        return max(1, math.ceil(self.ends - now))
+
+
 class ChatConnection:
     __slots__ = (
-        "_backlog_count",
-        "_backlog_window_end",
-        "_lists_count",
-        "_lists_window_end",
+        "_backlog_budget",
+        "_list_budget",
         "_ponged",
         "_receive",
         "_typed",
@@ -187,10 +205,9 @@ class ChatConnection:
         self._receive = receive
         self._ponged = 0.0
         self.outbox = Outbox(user, session_id, send)
-        self._backlog_count = 0
-        self._backlog_window_end = 0.0
-        self._lists_count = 0
-        self._lists_window_end = 0.0
+        # Per-socket budgets, made on first use (most sockets never ask).
+        self._backlog_budget: Window | None = None
+        self._list_budget: Window | None = None
         # room -> when this socket's last `typing` there was published
         # (time.monotonic()), and whether one was refused since.
         self._typed: dict[str, tuple[float, bool]] = {}
@@ -504,13 +521,10 @@ class ChatConnection:
 
     def _limit_lists(self, ref: str | None) -> None:
         """Count a `members`, `people` or `rooms_browse` against the socket's own limit."""
-        now = asyncio.get_running_loop().time()
-        if now >= self._lists_window_end:
-            self._lists_window_end = now + BACKLOG_WINDOW_SECONDS
-            self._lists_count = 0
-        self._lists_count += 1
-        if self._lists_count > LIST_REQUESTS_PER_SOCKET:
-            retry_after = max(1, math.ceil(self._lists_window_end - now))
+        if self._list_budget is None:
+            self._list_budget = Window(LIST_REQUESTS_PER_SOCKET, BACKLOG_WINDOW_SECONDS)
+        retry_after = self._list_budget.hit()
+        if retry_after is not None:
             raise FrameError(
                 RATE_LIMITED,
                 f"too many lookups; try again in {retry_after} s",
@@ -521,16 +535,12 @@ class ChatConnection:
     async def _limit_backlog(self, ref: str | None, *, per_socket: bool = True) -> None:
         """Count a backlog-producing request against the user's limit (and the socket's,
         unless it is a `join`)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now >= self._backlog_window_end:
-            self._backlog_window_end = now + BACKLOG_WINDOW_SECONDS
-            self._backlog_count = 0
+        retry_after: int | None = None
         if per_socket:
-            self._backlog_count += 1
-        if per_socket and self._backlog_count > BACKLOG_REQUESTS_PER_SOCKET:
-            retry_after: int | None = max(1, math.ceil(self._backlog_window_end - now))
-        else:
+            if self._backlog_budget is None:
+                self._backlog_budget = Window(BACKLOG_REQUESTS_PER_SOCKET, BACKLOG_WINDOW_SECONDS)
+            retry_after = self._backlog_budget.hit()
+        if retry_after is None:
             # Through the pipeline: after a restart every socket joins at once.
             retry_after = await hit_limit(
                 self.hub.pipelined,
