@@ -149,7 +149,11 @@ VALID = {
         "archived": optional(st.booleans()),
     },
     "dm_open": {"users": st.lists(an_id, min_size=1, max_size=8)},
-    "rooms_browse": {"q": optional(st.text(max_size=20)), "archived": optional(st.booleans())},
+    "rooms_browse": {
+        "q": optional(st.text(max_size=20)),
+        "archived": optional(st.booleans()),
+        "room": optional(st.one_of(an_id, st.just("general"), st.text(max_size=5))),
+    },
     "members": {},
     "people": {"q": optional(st.text(max_size=20)), "deactivated": optional(st.just(False))},
     "profile": {"name": st.text(min_size=1, max_size=20)},
@@ -349,7 +353,12 @@ _UNROOMED = {
     "room_create": _room_create,
     "profile": lambda frame: "skip" if _is_text(frame, "name", 1000, optional=False) else "error",
     "people": _search("people", "deactivated", admins_only=True),
-    "rooms_browse": _search("rooms", "archived", admins_only=False),
+    "rooms_browse": lambda frame: (
+        "error"
+        if frame.get("room") is not None
+        and not (isinstance(frame["room"], str) and _ROOM_ID.fullmatch(frame["room"]))
+        else _search("rooms", "archived", admins_only=False)(frame)
+    ),
     # No such users (or not an admin): refused whatever the ids.
     "dm_open": lambda frame: "error",
     "user_deactivate": lambda frame: "error",

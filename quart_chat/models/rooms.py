@@ -521,6 +521,18 @@ class RoomStore:
             for room, flag in zip(rooms, flags, strict=True)
         ]
 
+    async def browse_one(self, user_id: str, room_id: str) -> list[tuple[Room, bool]]:
+        """`browse` for one room id: the room if it is public and not archived,
+        with whether the user is a member; else nothing (a private room is
+        exactly like no room)."""
+        room = await self.get(room_id)
+        if room is None or room.kind != PUBLIC or room.archived:
+            return []
+        member = room.id == GENERAL or bool(
+            await self.reads.execute_command("SISMEMBER", keys.user_rooms(user_id), room.id)
+        )
+        return [(room, member)]
+
     async def browse_archived(
         self, user: User, query: str, *, admin: bool, limit: int = BROWSE_LIMIT
     ) -> list[tuple[Room, bool]]:

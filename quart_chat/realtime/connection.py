@@ -785,10 +785,13 @@ class ChatConnection:
         await self._publish(*payloads)
 
     async def _rooms_browse(self, frame: RoomsBrowse) -> None:
-        """Public rooms to join, or (`archived`) the archived rooms this user may restore."""
+        """Public rooms to join (or just the one a link names), or (`archived`) the
+        archived rooms this user may restore."""
         rooms = self.hub.rooms
         if frame.archived:
             found = await rooms.browse_archived(self.user, frame.q, admin=self.admin)
+        elif frame.room is not None:
+            found = await rooms.browse_one(self.user.id, frame.room)
         else:
             found = await rooms.browse(self.user.id, frame.q)
         listed = [{**room.public(self.user), "member": member} for room, member in found]

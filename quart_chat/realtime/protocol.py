@@ -195,6 +195,8 @@ class RoomsBrowse:
     q: str
     archived: bool = False  # archived rooms the caller may restore, instead of public ones
     ref: str | None = None
+    # Only this room, if it is public and not archived (a link to it, /r/<id>).
+    room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +558,10 @@ _PARSERS: dict[str, Callable[[dict[str, Any], str | None], ClientFrame]] = {
     "room_update": _room_update,
     "dm_open": lambda d, ref: DmOpen(_ids(d, "users", 1, MAX_DM_OTHERS), ref),
     "rooms_browse": lambda d, ref: RoomsBrowse(
-        _text(d, "q", MAX_QUERY_CHARS, ""), _flag(d, "archived"), ref
+        _text(d, "q", MAX_QUERY_CHARS, ""),
+        _flag(d, "archived"),
+        ref,
+        _id(d, "room") if d.get("room") is not None else None,
     ),
     "members": lambda d, ref: Members(_room(d), ref),
     "people": lambda d, ref: People(

@@ -198,7 +198,7 @@ class App {
     pane.append(home);
     if (!this.conn.ready) return;
     try {
-      const frame = await this.conn.request({ type: "rooms_browse", q: "" });
+      const frame = await this.conn.request({ type: "rooms_browse", room: roomId });
       const room = frame.rooms.find((r) => r.id === roomId && !r.member);
       if (!room || this.current !== roomId || !pane.isConnected) return;
       pane.replaceChildren(el("p", "room-placeholder-text", `You are not in #${room.name} yet.`));

@@ -16,7 +16,9 @@ from redis.asyncio import Redis
 from quart_chat import keys
 from quart_chat.app import create_app
 from quart_chat.base import ChatApp
+from quart_chat.models.rooms import BROWSE_LIMIT, PRIVATE, PUBLIC, RoomStore
 from quart_chat.realtime import connection
+from quart_chat.storage import Pipelined
 
 from ..chatting import (
     ask,
@@ -491,3 +493,32 @@ async def test_the_creator_and_admins_find_archived_rooms_and_restore_them(
         assert listed(await ask(bob_ws, {"type": "rooms_browse", "q": "porch"})) == [
             ("porch", False, False)
         ]
+
+
+async def test_a_link_finds_a_public_room_beyond_the_browse_list_and_never_a_private_one(
+    app: ChatApp, redis: Redis
+) -> None:
+    """The page asks `rooms_browse {room}` when a link names a room the user is not in."""
+    ann = await log_in(app, redis, "ann@example.com")
+    bob = await log_in(app, redis, "bob@example.com")
+    store = RoomStore(redis, reads=Pipelined(redis))
+    for n in range(BROWSE_LIMIT):
+        await store.create(ann.user, PUBLIC, f"a{n:03}", "", [])
+    last = await store.create(ann.user, PUBLIC, "zz top", "", [])
+    secret = await store.create(ann.user, PRIVATE, "zz secret", "", [])
+    async with bob.socket() as ws:
+        await start(ws, join=False)
+        listed = (await ask(ws, {"type": "rooms_browse"}))["rooms"]
+        assert len(listed) == BROWSE_LIMIT and last.id not in [r["id"] for r in listed]
+        found = await ask(ws, {"type": "rooms_browse", "room": last.id})
+        assert [(r["id"], r["name"], r["member"]) for r in found["rooms"]] == [
+            (last.id, "zz top", False)
+        ]
+        # A private room, a room that does not exist and a malformed id: the same nothing.
+        for other in (secret.id, "0" * 16):
+            assert (await ask(ws, {"type": "rooms_browse", "room": other}))["rooms"] == []
+        refused = await ask(ws, {"type": "rooms_browse", "room": "../x"})
+        assert refused["type"] == "error" and refused["code"] == "bad_request"
+        await ask(ws, {"type": "room_join", "room": last.id})
+        found = await ask(ws, {"type": "rooms_browse", "room": last.id})
+        assert found["rooms"][0]["member"] is True
