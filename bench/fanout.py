@@ -14,9 +14,11 @@ reports the time to the last `ready` and to the last join's history per 1,000
 sockets, and any refusal. Then it measures idle memory per connection:
 without permessage-deflate, with it offered (as browsers do) to a server that
 declines it (the default), and offered to one that agrees
-(CHAT_WS_COMPRESSION=true). Last the rooms phase (bench/rooms.py): N users
+(CHAT_WS_COMPRESSION=true). Then the rooms phase (bench/rooms.py): N users
 on 2 workers in 500 private rooms of 4 and `general`, with CPU per delivery,
-latency, and per worker what it receives from Redis. A table goes to stdout
+latency, and per worker what it receives from Redis. Last the mixed phase
+(bench/mixed.py): posts with edits, reactions and typing in `general`, and
+the server CPU that typing adds at the knee load. A table goes to stdout
 and the full results as JSON to bench/results/.
 """
 
