@@ -14,9 +14,11 @@ reports the time to the last `ready` and to the last join's history per 1,000
 sockets, and any refusal. Then it measures idle memory per connection:
 without permessage-deflate, with it offered (as browsers do) to a server that
 declines it (the default), and offered to one that agrees
-(CHAT_WS_COMPRESSION=true). Last the rooms phase (bench/rooms.py): N users
+(CHAT_WS_COMPRESSION=true). Then the rooms phase (bench/rooms.py): N users
 on 2 workers in 500 private rooms of 4 and `general`, with CPU per delivery,
-latency, and per worker what it receives from Redis. A table goes to stdout
+latency, and per worker what it receives from Redis. Last the mixed phase
+(bench/mixed.py): posts with edits, reactions and typing in `general`, and
+the server CPU that typing adds at the knee load. A table goes to stdout
 and the full results as JSON to bench/results/.
 """
 
@@ -819,6 +821,11 @@ def summary(results: dict[str, Any]) -> str:
         lines += summary_lines(phase)
         if phase.get("profile"):
             lines.append(profile_text(phase["profile"]))
+    phase = results.get("mixed")
+    if phase:
+        from .mixed import summary_lines as mixed_lines
+
+        lines += mixed_lines(phase)
     return "\n".join(lines)
 
 
@@ -901,7 +908,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument(
         "--only",
-        choices=["throughput", "storm", "memory", "rooms"],
+        choices=["throughput", "storm", "memory", "rooms", "mixed"],
         help="run one phase (default all)",
     )
     rooms = parser.add_argument_group("rooms phase (bench/rooms.py)")
@@ -930,6 +937,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--room-idle", type=float, default=3.0, help="seconds of idle CPU measured first"
     )
     rooms.add_argument("--seed", type=int, default=14, help="rooms, members and schedule")
+    mixed = parser.add_argument_group("mixed phase (bench/mixed.py; also uses -C, -R, --size)")
+    mixed.add_argument(
+        "--mixed-senders",
+        type=int,
+        default=20,
+        help="active users in the mixed run: S senders in general",
+    )
+    mixed.add_argument(
+        "--knee-senders",
+        type=int,
+        help="S for the typing cost (default: the throughput phase's knee if it ran, else 30)",
+    )
+    mixed.add_argument(
+        "--mixed-edits", type=float, default=0.1, help="edits per active user per second"
+    )
+    mixed.add_argument(
+        "--mixed-reactions",
+        type=float,
+        default=0.2,
+        help="reaction toggles per active user per second",
+    )
+    mixed.add_argument(
+        "--typing-every", type=float, default=3.0, help="seconds between an active user's typing"
+    )
+    mixed.add_argument("--mixed-duration", type=float, default=10.0, help="measured seconds")
+    mixed.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=3,
+        help="rounds of posts only / posts + typing, alternated, for the typing cost",
+    )
+    mixed.add_argument(
+        "--typing-all",
+        action="store_true",
+        help="the typing cost also with every connected user typing (one socket per user)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -949,6 +992,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.storm_connections = 30
         args.room_users, args.rooms, args.room_rate, args.general_rate = 24, 8, 10.0, 1.0
         args.room_duration, args.watch_share, args.room_idle = 3.0, 0.25, 1.0
+        args.mixed_senders, args.mixed_edits, args.mixed_reactions = 2, 1.0, 2.0
+        args.knee_senders = 2
+        args.mixed_duration, args.ab_rounds, args.typing_all = 3.0, 1, True
     args.steps = [int(s) for s in str(args.steps).split(",")]
     args.memory_variants = [v.strip() for v in args.memory_variants.split(",") if v.strip()]
     if args.profile is not None and py_spy() is None:
@@ -984,6 +1030,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             from .rooms import rooms_phase
 
             results["rooms"] = await rooms_phase(env, args)
+        if args.only in (None, "mixed"):
+            from .mixed import mixed_phase
+
+            knee = (results.get("throughput") or {}).get("knee")
+            results["mixed"] = await mixed_phase(env, args, knee["senders"] if knee else None)
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
 

@@ -41,6 +41,9 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 STAMP = "B"  # first field of every benchmark message text
 ROOM_STAMP = "R"  # first field of the rooms phase's message texts
+MIXED_STAMP = "X"  # first field of the mixed phase's message and edit texts
+# Frames the mixed phase's observer (bench/mixed.py) checks besides its messages.
+MIXED_FRAMES = frozenset(("edit", "reaction", "typing"))
 monotonic = time.monotonic
 
 
@@ -108,6 +111,9 @@ class Hub:
     delivered: int = 0  # all steps, for drain waits
     # The rooms phase's observer (bench/rooms.py): gets its `R|` messages and `unread` bumps.
     rooms: Any = None
+    # The mixed phase's observer (bench/mixed.py): its `X|` messages, edits, reactions,
+    # typing and the errors answering its frames.
+    mixed: Any = None
 
 
 class ChatClient(asyncio.Protocol):
@@ -281,6 +287,9 @@ class ChatClient(asyncio.Protocol):
             if text.startswith("R|"):
                 hub.rooms.on_message(self, message, text, len(payload), now)
                 return
+            if text.startswith("X|"):
+                hub.mixed.on_message(self, message, text, now)
+                return
             if text == hub.probe and not self.probed:
                 self.probed = True
                 hub.probe_seen += 1
@@ -306,6 +315,8 @@ class ChatClient(asyncio.Protocol):
             hub.frames["error"] += 1
             if self._replied(message):
                 return
+            if hub.mixed is not None and hub.mixed.on_error(self, message):
+                return
             if hub.rooms is not None and str(message.get("client_id") or "").startswith("R"):
                 hub.rooms.on_error(self, message)
                 return
@@ -320,6 +331,9 @@ class ChatClient(asyncio.Protocol):
                 if client_id.startswith(f"b{step.index}-"):
                     step.rejected.add(int(client_id.partition("-")[2]))
         else:
+            if hub.mixed is not None and kind in MIXED_FRAMES:
+                hub.mixed.on_frame(self, kind, message, now)
+                return
             hub.frames[str(kind)] += 1
             if kind == "room":
                 room = message.get("room")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 
 from quart_chat.keys import room_channel, user_channel
 from quart_chat.models.messages import Message
 from quart_chat.models.users import User
-from quart_chat.realtime.fanout import Fanout
+from quart_chat.realtime.fanout import TYPING_WINDOW_SECONDS, Fanout
 from quart_chat.realtime.outbox import CLOSE_LOGGED_OUT, CLOSE_TRY_AGAIN_LATER, Outbox
 from quart_chat.realtime.protocol import (
     event_payload,
@@ -413,6 +414,53 @@ async def test_typing_during_a_join_leaves_the_gapless_join_as_it_was(fanout: Fa
     typed, payload = typing("general", BOB)
     fanout.room_payload("general", payload)
     assert sent(other) == [newer, typed]
+
+
+async def test_typing_in_a_big_room_goes_out_at_once_then_a_windows_typers_in_one_frame() -> None:
+    """Past TYPING_COALESCE_SOCKETS joined sockets a typing event costs a frame per socket
+    like a message: the first goes out at once, the rest of its window in one frame."""
+    timers: list[tuple[float, Callable[[], None]]] = []
+    fanout = Fanout(Channels(), later=lambda delay, callback: timers.append((delay, callback)))
+    users = [ANN, BOB, DAN] + [User(f"u{n}", f"U{n}", f"u{n}@x") for n in range(50)]
+    outboxes = {}
+    for user in users:
+        outboxes[user.id] = socket(fanout, user)
+        watch(fanout, user, "general")
+        joined(fanout, outboxes[user.id], "general")
+    ann, bob, dan, other = (outboxes[u] for u in ("ann", "bob", "dan", "u0"))
+
+    bob_typing, payload = typing("general", BOB)
+    fanout.room_payload("general", payload)
+    assert sent(other) == sent(ann) == sent(dan) == [bob_typing] and sent(bob) == []
+    assert [delay for delay, _ in timers] == [TYPING_WINDOW_SECONDS]
+    for user in (BOB, DAN, ANN):
+        fanout.room_payload("general", typing("general", user)[1])
+    posted, payload = message("general", "1-0", author="dan")
+    fanout.room_payload("general", payload)  # Dan's message ends Dan's typing
+    assert sent(other) == sent(ann) == sent(bob) == sent(dan) == [posted]
+
+    timers.pop()[1]()
+    both = json.loads(sent(other)[0])
+    assert both == {
+        "type": "typing",
+        "room": "general",
+        "user": {"id": "ann", "name": "Ann"},
+        "users": [{"id": "bob", "name": "Bob"}, {"id": "ann", "name": "Ann"}],
+    }
+    assert sent(dan) == [json.dumps(both, separators=(",", ":"))]
+    # Each typer hears only of the other, in the one-typer frame.
+    assert sent(bob) == [typing("general", ANN)[0]]
+    assert sent(ann) == [bob_typing]
+    # Another window is open; when it ends with nobody typing, the next one goes out at once.
+    fanout.room_payload("general", typing("general", DAN)[1])
+    assert sent(other) == []
+    timers.pop()[1]()
+    assert sent(other) == [typing("general", DAN)[0]] and sent(dan) == []
+    timers.pop()[1]()
+    assert timers == [] and sent(other) == []
+    fanout.room_payload("general", typing("general", ANN)[1])
+    assert sent(other) == [typing("general", ANN)[0]]
+    assert len(timers) == 1
 
 
 async def test_archiving_drops_the_room_for_every_local_member(

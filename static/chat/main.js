@@ -281,7 +281,9 @@ class App {
       case "presence":
         return this.onPresence(frame);
       case "typing":
-        return this.views.get(frame.room)?.someoneTyping(frame.user);
+        // Several people at once (`users`) in a busy room, where the server coalesces.
+        for (const user of frame.users ?? [frame.user]) this.views.get(frame.room)?.someoneTyping(user);
+        return;
       case "edit":
       case "delete":
       case "reaction":
