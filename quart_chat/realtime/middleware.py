@@ -5,8 +5,9 @@ what each one keeps alive sets the server's memory. Through Quart, a socket
 cost two extra tasks, a second receive queue, a request context and a parsed
 copy of its headers on top of what Hypercorn and the chat itself keep (about
 38 KiB in all, bench/). Here the handshake is checked from the ASGI scope,
-frames are read straight from the server's `receive` and written with its
-`send`, and the server's task for the connection is the one that serves it.
+frames are read straight from the server's `receive` and written to the
+socket's transport (`wire.py`; its `send` where that cannot be done), and the
+server's task for the connection is the one that serves it.
 
 The handshake is authorised before it is accepted, like a Campfire channel
 subscription: no session is HTTP 401, a cross-site Origin is HTTP 403

@@ -1,4 +1,4 @@
-"""Frames written straight to a WebSocket's transport: each encoded once, sent to many.
+"""Frames written straight to a WebSocket's transport, each encoded once; lean connections.
 
 Server-to-client frames are not masked, so every socket that gets a message
 gets the same bytes: an unmasked text frame is a 2-10 byte header and the
@@ -15,6 +15,11 @@ missing (another server, HTTP/2, a changed Hypercorn) `open_wire` logs it once,
 loudly, and the socket is served through the ASGI `send` as before. Sockets
 that agreed to permessage-deflate always are: their frames are compressed per
 socket, by wsproto.
+
+The worker's other dealings with Hypercorn's internals are here too: whether
+it agrees to permessage-deflate (`use_permessage_deflate`), and what each
+connection keeps (`use_lean_connections`, and `open_wire` dropping what an
+upgraded connection no longer uses), about a quarter of an idle socket.
 
 Writing next to Hypercorn is safe because every write, its own and these, is
 one whole frame handed to `transport.write` synchronously, so frames never
@@ -197,9 +202,10 @@ def _let_go_of_the_handshake(protocol: Any, stream: Any, writer: Any) -> None:
 def open_wire(send: Any) -> Wire | None:
     """The transport behind an accepted WebSocket's ASGI `send`, or None to keep using `send`.
 
-    None without a log line for a socket that agreed to permessage-deflate;
-    None and one loud line per worker when the server is not the Hypercorn
-    this was written for (HTTP/2 WebSockets, another server or version).
+    None without a log line for a socket that agreed to permessage-deflate
+    (whose handshake state is still let go of) or runs over HTTP/2; None and
+    one loud line per worker when the server is not the Hypercorn this was
+    written for (another server or version).
     """
     if not _IMPORTED:
         _missing("Hypercorn's or wsproto's modules are not where expected")
