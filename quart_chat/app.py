@@ -13,9 +13,9 @@ from .base import ChatApp
 from .blueprints import auth, chat, ops
 from .config import Settings, SettingsError, ensure_secret_key, load_settings
 from .errors import register_error_handlers
-from .realtime.deflate import use_permessage_deflate
 from .realtime.hub import ChatHub
 from .realtime.middleware import ChatSocketRoute
+from .realtime.wire import use_lean_connections, use_permessage_deflate
 from .security import add_security_headers
 from .storage import open_redis
 from .web import SessionUser
@@ -102,6 +102,7 @@ def create_worker_app() -> ChatApp:
     gc.set_threshold(*WORKER_GC_THRESHOLDS)
     settings = load_settings()
     use_permessage_deflate(settings.ws_compression)
+    use_lean_connections()
     return create_app(settings)
 
 

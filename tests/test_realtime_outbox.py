@@ -129,3 +129,110 @@ async def test_a_producer_waits_until_the_outbox_is_half_empty() -> None:
     await asyncio.wait_for(waiter, 5)
     await settle()
     assert client.frames == ["ready"] + [f"frame {n}" for n in range(4)]
+
+
+class FakeWire:
+    """A socket's transport as the outbox sees it (quart_chat/realtime/wire.py): what was
+    written, frame by frame, and a switch for a reader that stopped reading."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.open = True
+        self.congested = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def frames(self) -> list[str]:
+        return [text for data in self.writes for text in _texts(data)]
+
+    def stall(self) -> None:
+        self.congested = True
+        self._drained.clear()
+
+    def resume(self) -> None:
+        self.congested = False
+        self._drained.set()
+
+    async def drained(self) -> None:
+        await self._drained.wait()
+
+
+def _texts(data: bytes) -> list[str]:
+    """The payloads of the unmasked text frames in `data` (all short here)."""
+    texts = []
+    while data:
+        assert data[0] == 0x81 and data[1] < 126
+        size = data[1]
+        texts.append(data[2 : 2 + size].decode())
+        data = data[2 + size :]
+    return texts
+
+
+def _unused_send() -> Any:
+    async def send(message: Any) -> None:
+        raise AssertionError("a socket with a wire never uses the ASGI send")
+
+    return send
+
+
+async def test_with_a_wire_frames_are_written_at_once_without_a_task() -> None:
+    wire = FakeWire()
+    outbox = Outbox(ANN, "s", _unused_send(), wire=wire)  # type: ignore[arg-type]
+    outbox.deliver("early")
+    assert wire.writes == []  # nothing before `ready`
+    before = len(asyncio.all_tasks())
+    outbox.start("ready")
+    assert wire.frames() == ["ready", "early"]
+    assert len(wire.writes) == 1  # one write for what waited
+    outbox.deliver("now")
+    assert wire.frames() == ["ready", "early", "now"]  # synchronously
+    assert len(asyncio.all_tasks()) == before
+    assert outbox._frames is None  # nothing held while idle
+
+
+async def test_with_a_congested_wire_frames_queue_and_go_in_one_write_once_drained() -> None:
+    wire = FakeWire()
+    outbox = Outbox(ANN, "s", _unused_send(), wire=wire)  # type: ignore[arg-type]
+    outbox.start("ready")
+    wire.stall()
+    for n in range(3):
+        outbox.deliver(f"frame {n}")
+    await settle()
+    assert wire.frames() == ["ready"]
+    wire.resume()
+    outbox.deliver("frame 3")  # still behind the queued ones
+    await settle()
+    assert wire.frames() == ["ready"] + [f"frame {n}" for n in range(4)]
+    assert len(wire.writes) == 2
+    outbox.deliver("after")
+    assert wire.frames()[-1] == "after"
+
+
+async def test_with_a_congested_wire_a_full_outbox_closes_with_1013() -> None:
+    wire = FakeWire()
+    outbox = Outbox(ANN, "s", _unused_send(), limit=3, wire=wire)  # type: ignore[arg-type]
+    owner = await serving_task()
+    outbox.attach(owner)
+    outbox.start("ready")
+    wire.stall()
+    for n in range(4):
+        outbox.deliver(f"frame {n}")
+    assert outbox.close_code == CLOSE_TRY_AGAIN_LATER
+    await asyncio.gather(owner, return_exceptions=True)
+    assert owner.cancelled()
+    wire.resume()
+    await settle()
+    assert wire.frames() == ["ready"]  # what was queued is dropped
+
+
+async def test_a_wire_that_is_closing_gets_nothing_more() -> None:
+    wire = FakeWire()
+    outbox = Outbox(ANN, "s", _unused_send(), wire=wire)  # type: ignore[arg-type]
+    outbox.start("ready")
+    wire.open = False  # the client's close frame arrived
+    outbox.deliver("late")
+    assert wire.frames() == ["ready"]
+    assert outbox.close_code is None  # the serving task hears the disconnect

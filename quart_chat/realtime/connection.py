@@ -96,6 +96,7 @@ from .protocol import (
     typing_frame,
     user_frame,
 )
+from .wire import Wire
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,19 +199,21 @@ class ChatConnection:
         session_id: str,
         send: ASGISendCallable,
         receive: ASGIReceiveCallable,
+        wire: Wire | None = None,
     ) -> None:
         self.hub = hub
         self.session_id = session_id
         self.admin = is_admin(hub.settings, user)
         self._receive = receive
         self._ponged = 0.0
-        self.outbox = Outbox(user, session_id, send)
+        self.outbox = Outbox(user, session_id, send, wire=wire)
         # Per-socket budgets, made on first use (most sockets never ask).
         self._backlog_budget: Window | None = None
         self._list_budget: Window | None = None
         # room -> when this socket's last `typing` there was published
-        # (time.monotonic()), and whether one was refused since.
-        self._typed: dict[str, tuple[float, bool]] = {}
+        # (time.monotonic()), and whether one was refused since; made on the
+        # first `typing`: most sockets never type.
+        self._typed: dict[str, tuple[float, bool]] | None = None
 
     @property
     def user(self) -> User:
@@ -230,7 +233,17 @@ class ChatConnection:
         hub.presence.add(user)
         try:
             await self._send_ready()
-            await self._receive_loop()
+            # The loop is here rather than in a method of its own: an idle socket
+            # waits in it, and each coroutine it waits under is a frame kept alive.
+            max_chars = self.hub.settings.message_max_chars
+            receive = self._receive
+            while outbox.close_code is None:
+                event: Any = await receive()
+                kind = event["type"]
+                if kind == "websocket.disconnect":
+                    break
+                if kind == "websocket.receive":  # not `websocket.connect`, sent first
+                    await self._received(event, max_chars)
         except asyncio.CancelledError:
             # `Outbox.close` cancelled us; any other cancellation goes on up.
             if outbox.close_code is None or task.uncancel() > 0:
@@ -290,30 +303,23 @@ class ChatConnection:
 
     # -- frames -------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        max_chars = self.hub.settings.message_max_chars
-        receive, outbox = self._receive, self.outbox
-        while outbox.close_code is None:
-            event: Any = await receive()
-            kind = event["type"]
-            if kind == "websocket.disconnect":
-                return
-            if kind != "websocket.receive":
-                continue  # `websocket.connect`, which servers send first
-            outbox.heard = time.monotonic()
-            raw = event.get("text")
-            if raw is None:
-                raw = event.get("bytes") or b""
-            try:
-                await self._handle(parse_frame(raw, max_chars))
-            except FrameError as error:
-                outbox.deliver(error.frame())
-            raise_if_cancelled()
-            # Frames that arrived together are read without yielding, so
-            # answers to a flood would fill the outbox (closing it with 1013)
-            # before the first is sent. Waiting here instead leaves the rest
-            # unread, and TCP slows the client down.
-            await outbox.wait_half_empty()
+    async def _received(self, event: Any, max_chars: int) -> None:
+        """Serve one frame from the client."""
+        outbox = self.outbox
+        outbox.heard = time.monotonic()
+        raw = event.get("text")
+        if raw is None:
+            raw = event.get("bytes") or b""
+        try:
+            await self._handle(parse_frame(raw, max_chars))
+        except FrameError as error:
+            outbox.deliver(error.frame())
+        raise_if_cancelled()
+        # Frames that arrived together are read without yielding, so
+        # answers to a flood would fill the outbox (closing it with 1013)
+        # before the first is sent. Waiting here instead leaves the rest
+        # unread, and TCP slows the client down.
+        await outbox.wait_half_empty()
 
     async def _handle(self, frame: ClientFrame) -> None:
         if isinstance(frame, Ping):
@@ -501,11 +507,14 @@ class ChatConnection:
         a PUBLISH sent twice after a reconnect only shows the same line again).
         """
         now, room = self.outbox.heard, frame.room
-        last, refused = self._typed.get(room, (None, False))
+        typed = self._typed
+        if typed is None:
+            typed = self._typed = {}
+        last, refused = typed.get(room, (None, False))
         if last is not None and now - last < TYPING_INTERVAL_SECONDS:
             if refused:
                 return  # a flood gets one error per window, not one per frame
-            self._typed[room] = (last, True)
+            typed[room] = (last, True)
             retry_after = max(1, math.ceil(last + TYPING_INTERVAL_SECONDS - now))
             raise FrameError(
                 RATE_LIMITED,
@@ -514,7 +523,7 @@ class ChatConnection:
                 retry_after=retry_after,
             )
         await self._authorise(room, frame.ref)
-        self._typed[room] = (now, False)
+        typed[room] = (now, False)
         user = self.user
         payload = event_payload(EVENT_TYPING, user.id, typing_frame(room, user.id, user.name))
         await self.hub.pipelined.execute_command("PUBLISH", keys.room_channel(room), payload)

@@ -5,8 +5,9 @@ what each one keeps alive sets the server's memory. Through Quart, a socket
 cost two extra tasks, a second receive queue, a request context and a parsed
 copy of its headers on top of what Hypercorn and the chat itself keep (about
 38 KiB in all, bench/). Here the handshake is checked from the ASGI scope,
-frames are read straight from the server's `receive` and written with its
-`send`, and the server's task for the connection is the one that serves it.
+frames are read straight from the server's `receive` and written to the
+socket's transport (`wire.py`; its `send` where that cannot be done), and the
+server's task for the connection is the one that serves it.
 
 The handshake is authorised before it is accepted, like a Campfire channel
 subscription: no session is HTTP 401, a cross-site Origin is HTTP 403
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
@@ -38,11 +39,12 @@ from ..socketcaps import SocketCapReached, address_key
 from ..storage import Throttled
 from .connection import ChatConnection
 from .outbox import CLOSE_SERVER_ERROR
+from .wire import open_wire
 
 log = logging.getLogger(__name__)
 _refused_unavailable = Throttled(log)
 
-ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Coroutine[Any, Any, None]]
 
 CHAT_SOCKET_PATH = "/ws"
 # Wait this long for a slow client to take the close frame, then let it go.
@@ -63,13 +65,13 @@ class ChatSocketRoute:
             raise ValueError("QuartAuth(app) must run before the route is made")
         self.cookie_name: str = auth.cookie_name
 
-    async def __call__(
+    def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        # Not a coroutine itself: its frame would stay alive under every idle socket.
         if scope["type"] == "websocket" and scope["path"] == CHAT_SOCKET_PATH:
-            await self.serve(cast(dict[str, Any], scope), receive, send)
-        else:
-            await self.inner(scope, receive, send)
+            return self.serve(cast(dict[str, Any], scope), receive, send)
+        return self.inner(scope, receive, send)
 
     async def serve(
         self, scope: dict[str, Any], receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -86,7 +88,8 @@ class ChatSocketRoute:
             worker = (WORKER_HEADER.lower().encode(), hub.worker_id.encode())
             await send({"type": "websocket.accept", "subprotocol": None, "headers": [worker]})
             try:
-                code = await ChatConnection(hub, user, session_id, send, receive).serve()
+                connection = ChatConnection(hub, user, session_id, send, receive, open_wire(send))
+                code = await connection.serve()
             except Exception:
                 log.exception("chat WebSocket failed")
                 code = CLOSE_SERVER_ERROR

@@ -15,6 +15,7 @@ from collections import deque
 from hypercorn.typing import ASGISendCallable
 
 from ..models.users import User
+from .wire import Wire, encode_text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ class Outbox:
     creates the outbox and a task that sends until it is empty, then both go.
     That keeps the many idle sockets of a worker small (bench/ measures it),
     while a busy one drains whole bursts in one task without waiting per frame.
+
+    With a `Wire` (an uncompressed socket on the Hypercorn it was written for)
+    a frame is written to the transport the moment it is delivered, encoded
+    once for all its recipients, and nothing is queued and no task made; only
+    when the transport is above its high-water mark (a slow reader) do frames
+    queue here, and one task writes each batch of them once the transport has
+    drained. Without one, every frame goes through the ASGI `send`.
     """
 
     __slots__ = (
@@ -47,6 +55,7 @@ class Outbox:
         "_send",
         "_sender",
         "_started",
+        "_wire",
         "close_code",
         "heard",
         "session_id",
@@ -54,7 +63,12 @@ class Outbox:
     )
 
     def __init__(
-        self, user: User, session_id: str, send: ASGISendCallable, limit: int = OUTBOX_FRAMES
+        self,
+        user: User,
+        session_id: str,
+        send: ASGISendCallable,
+        limit: int = OUTBOX_FRAMES,
+        wire: Wire | None = None,
     ) -> None:
         # Replaced when the user renames themselves (`chat:users`): messages
         # this socket posts then carry the new name.
@@ -65,6 +79,7 @@ class Outbox:
         # sets it and one sweep per worker reads it: no timer per socket.
         self.heard = time.monotonic()
         self._send = send
+        self._wire = wire
         self._limit = limit
         self._frames: deque[str] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -97,7 +112,15 @@ class Outbox:
         # Silence counts from `ready`: until then the client has nothing to say,
         # and a worker busy with a burst may take a while to send it.
         self.heard = time.monotonic()
-        self._sender = asyncio.create_task(self._drain(frames))
+        wire = self._wire
+        if wire is None:
+            self._sender = asyncio.create_task(self._drain(frames))
+        elif wire.congested:
+            self._sender = asyncio.create_task(self._drain_wire(frames, wire))
+        else:
+            self._frames = None
+            if wire.open:
+                wire.write(b"".join([encode_text(frame) for frame in frames]))
 
     def deliver(self, frame: str) -> None:
         """Queue a frame without ever waiting; a full outbox closes the socket instead."""
@@ -105,6 +128,13 @@ class Outbox:
             return
         frames = self._frames
         if frames is None:
+            wire = self._wire
+            if wire is not None and self._started and not wire.congested:
+                # A client that is going away gets nothing more; Hypercorn tells
+                # the serving task it left.
+                if wire.open:
+                    wire.write(encode_text(frame))
+                return
             frames = self._frames = deque((frame,))
         elif len(frames) >= self._limit:
             log.info("closing a WebSocket that cannot keep up (%d frames queued)", self._limit)
@@ -113,7 +143,11 @@ class Outbox:
         else:
             frames.append(frame)
         if self._sender is None and self._started:
-            self._sender = asyncio.create_task(self._drain(frames))
+            wire = self._wire
+            if wire is None:
+                self._sender = asyncio.create_task(self._drain(frames))
+            else:
+                self._sender = asyncio.create_task(self._drain_wire(frames, wire))
 
     async def _drain(self, frames: deque[str]) -> None:
         send, half = self._send, self._limit // 2
@@ -129,6 +163,29 @@ class Outbox:
             self.close(CLOSE_SERVER_ERROR)
         finally:
             # Nothing can be delivered between the loop's last check and here.
+            if self._frames is frames:
+                self._frames = None
+            self._sender = None
+
+    async def _drain_wire(self, frames: deque[str], wire: Wire) -> None:
+        """Write what queued while the transport was congested, a batch per drain."""
+        try:
+            while frames:
+                await wire.drained()
+                if not wire.open:
+                    break
+                batch = [encode_text(frame) for frame in frames]
+                frames.clear()
+                drained = self._drained
+                if drained is not None and not drained.done():
+                    drained.set_result(None)
+                wire.write(b"".join(batch))
+        except ConnectionError:
+            pass  # the client is gone: Hypercorn tells the serving task
+        except Exception:
+            log.exception("sending to a WebSocket failed")
+            self.close(CLOSE_SERVER_ERROR)
+        finally:
             if self._frames is frames:
                 self._frames = None
             self._sender = None
