@@ -54,6 +54,7 @@ from .fanout import (
     profile_text,
     profile_worker,
 )
+from .rooms import quantiles_ms
 from .wsclient import MIXED_STAMP, ChatClient, Hub, Step
 
 GENERAL = "general"
@@ -465,16 +466,6 @@ def react(
     return {"type": "react", "room": GENERAL, "id": target, "emoji": emoji, "on": on}
 
 
-def quantiles_ms(values: array[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": percentile(ordered, 0.5) * 1000,
-        "p99": percentile(ordered, 0.99) * 1000,
-        "max": (ordered[-1] if ordered else math.nan) * 1000,
-        "samples": len(ordered),
-    }
-
-
 def report(
     observer: MixedRun,
     load: Load,
@@ -540,8 +531,8 @@ def report(
         "typing_deliveries_per_s": deliveries["typing"] / wall,
         "window_s": wall,
         "drain_s": drain_s,
-        "latency_ms": quantiles_ms(array("d", messages_latency)),
-        "latency_ms_by_kind": {k: quantiles_ms(v) for k, v in observer.latencies.items()},
+        "latency_ms": quantiles_ms(sorted(messages_latency)),
+        "latency_ms_by_kind": {k: quantiles_ms(sorted(v)) for k, v in observer.latencies.items()},
         "lost": lost,
         "typing_not_shown": typing_not_shown,
         "typing_notices": sum(sum(got.values()) for got in observer.typing_got),
