@@ -374,6 +374,25 @@ async def test_typing_reaches_only_other_members_sockets_that_joined_the_room(
     assert sent(outsider) == []
 
 
+async def test_typing_reaches_a_socket_that_opened_a_quiet_room_with_history(
+    fanout: Fanout,
+) -> None:
+    """After a join with a backlog a socket filters live frames against the backlog's last
+    id until the room's next message; in a quiet room that can be a long time, and typing
+    (which has no id) must not wait for it: someone typing is what comes first."""
+    ann, bob = socket(fanout, ANN), socket(fanout, BOB)
+    watch(fanout, ANN, "r1")
+    watch(fanout, BOB, "r1")
+    for outbox in (ann, bob):
+        assert fanout.begin_join(outbox, "r1")
+        fanout.finish_join(outbox, "r1", "5-0")  # history, and nothing new since
+    assert fanout.is_joining(ann, "r1")
+    frame, payload = typing("r1", BOB)
+    fanout.room_payload("r1", payload)
+    assert sent(ann) == [frame]
+    assert sent(bob) == []
+
+
 async def test_typing_stops_at_once_for_a_removed_member(fanout: Fanout) -> None:
     ann = socket(fanout, ANN)
     watch(fanout, ANN, "r1")
@@ -407,7 +426,9 @@ async def test_typing_during_a_join_leaves_the_gapless_join_as_it_was(fanout: Fa
     for n in (6, 7):
         fanout.room_payload("general", typing("general", BOB)[1])
         fanout.room_payload("general", message("general", f"{n}-0")[1])
-    assert sent(other) == []
+    # Its backlog is sent: typing reaches it; the old messages are still filtered out.
+    typed_early = typing("general", BOB)[0]
+    assert sent(other) == [typed_early, typed_early]
     assert fanout.is_joining(other, "general")
     newer, payload = message("general", "8-0")
     fanout.room_payload("general", payload)

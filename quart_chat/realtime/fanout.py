@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
@@ -386,14 +386,25 @@ class Fanout:
         else:
             log.warning("ignored a %r event on room %s's channel", kind, room)
 
-    def _typing(self, room: str, typer: str | None, frame: str) -> None:
-        """Only to sockets with the room open (joined), never to any of the typer's.
+    def _viewers(self, room: str) -> Collection[Outbox]:
+        """Sockets with the room open and its backlog sent: joined ones, and joining
+        ones past their backlog that still filter live frames against it (until the
+        room's next message, which may be a long time in a quiet room)."""
+        joined = self._joined.get(room, set())
+        joining = self._joining.get(room)
+        if not joining:
+            return joined
+        past = [outbox for outbox, state in joining.items() if state.buffer is None]
+        return [*joined, *past] if past else joined
 
-        It has no stream id and is never stored: a joining socket does not buffer
-        it (a typing line shown before the backlog would be stale or wrong), and
-        watching sockets have no room view to show it in.
+    def _typing(self, room: str, typer: str | None, frame: str) -> None:
+        """Only to sockets with the room open, never to any of the typer's.
+
+        It has no stream id and is never stored: a socket still reading its
+        backlog does not get it (a typing line shown before the backlog would be
+        stale or wrong), and watching sockets have no room view to show it in.
         """
-        joined = self._joined.get(room)
+        joined = self._viewers(room)
         if not joined:
             return
         pending = self._typers.get(room)
@@ -417,7 +428,7 @@ class Fanout:
         """End the room's typing window: one frame per joined socket naming who typed in
         it (never the socket's own user), then another window if anyone had."""
         pending = self._typers.pop(room, None)
-        joined = self._joined.get(room)
+        joined = self._viewers(room)
         if not pending or not joined:
             return
         frames: dict[str | None, str | None] = {}

@@ -138,6 +138,11 @@ def crowd(
         ws.send(json.dumps({"type": "join", "room": "general", "ref": "j"}))
         while json.loads(ws.recv(timeout=10)).get("ref") != "j":
             pass
+    # A room with history that has gone quiet: a page opening it filters live frames
+    # against its backlog until the next message, and typing must not wait for that.
+    sockets[0].send(json.dumps({"type": "send", "room": "general", "text": "hi", "client_id": "q"}))
+    while json.loads(sockets[0].recv(timeout=10)).get("client_id") != "q":
+        pass
     return sockets
 
 
