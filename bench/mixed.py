@@ -54,7 +54,7 @@ from .fanout import (
     profile_text,
     profile_worker,
 )
-from .rooms import quantiles_ms
+from .rooms import drain, quantiles_ms
 from .wsclient import MIXED_STAMP, ChatClient, Hub, Step
 
 GENERAL = "general"
@@ -417,18 +417,11 @@ async def run_load(
     # Drain: every expected frame, or until progress stalls.
     expected_changes = len(observer.accepted()) * len(clients)
     expected_typing = observer.expected_typing(clients)
-    last_count, last_progress = -1, time.monotonic()
-    drain_started = time.monotonic()
-    while True:
-        got = sum(observer.frames) + observer.delivered["typing"]
-        if got >= expected_changes + expected_typing:
-            break
-        if got != last_count:
-            last_count, last_progress = got, time.monotonic()
-        elif time.monotonic() - last_progress > args.stall:
-            break
-        await asyncio.sleep(0.05)
-    drain_s = time.monotonic() - drain_started
+    drain_s = await drain(
+        lambda: sum(observer.frames) + observer.delivered["typing"],
+        expected_changes + expected_typing,
+        args.stall,
+    )
     hub.mixed = None
     result = report(observer, load, clients, samples, send_lag, drain_s)
     result["profile"] = profile

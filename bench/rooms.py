@@ -39,6 +39,7 @@ import subprocess
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -646,18 +647,11 @@ async def measure(
         for g in range(len(observer.scheduled))
         if g not in observer.rejected
     )
-    last_count, last_progress = -1, time.monotonic()
-    drain_started = time.monotonic()
-    while True:
-        got = sum(observer.frames) + sum(observer.unread_by_room.values())
-        if got >= expected_frames + expected_unreads:
-            break
-        if got != last_count:
-            last_count, last_progress = got, time.monotonic()
-        elif time.monotonic() - last_progress > args.stall:
-            break
-        await asyncio.sleep(0.05)
-    drain_s = time.monotonic() - drain_started
+    drain_s = await drain(
+        lambda: sum(observer.frames) + sum(observer.unread_by_room.values()),
+        expected_frames + expected_unreads,
+        args.stall,
+    )
     hub.rooms = None
     final_buses = sample_buses(redis_client, redis_port, buses)
     redis_client.close()
@@ -762,6 +756,20 @@ def report(
     )
     result["p99_ok"] = p99 * 1000 <= 250
     return result
+
+
+async def drain(received: Callable[[], int], expected: int, stall: float) -> float:
+    """Wait until `received()` reaches `expected`, or it stops moving for `stall` seconds;
+    the seconds waited."""
+    last_count, last_progress = -1, time.monotonic()
+    started = time.monotonic()
+    while (got := received()) < expected:
+        if got != last_count:
+            last_count, last_progress = got, time.monotonic()
+        elif time.monotonic() - last_progress > stall:
+            break
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 def quantiles_ms(ordered: list[float] | array[float]) -> dict[str, float]:

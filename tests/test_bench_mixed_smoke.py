@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .benchrun import smoke_results
 
 
 def test_mixed_smoke_run_delivers_posts_edits_reactions_once_in_order_and_typing_to_others(
     tmp_path: Path,
 ) -> None:
-    results_path = tmp_path / "mixed.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-    command = [sys.executable, "-m", "bench.fanout", "--only", "mixed", "--smoke"]
-    completed = subprocess.run(
-        [*command, "--json", str(results_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    phase = json.loads(results_path.read_text())["mixed"]
+    results, output = smoke_results(tmp_path, "--only", "mixed")
+    phase = results["mixed"]
 
     assert phase["clients"] == 20 and phase["senders"] == 2
     mixed = phase["mixed"]
@@ -57,4 +42,4 @@ def test_mixed_smoke_run_delivers_posts_edits_reactions_once_in_order_and_typing
         assert run["closed_clients"] == 0, run["name"]
         assert run["latency_ms"]["samples"] > 0, run["name"]
     assert [v["name"] for v in phase["ab"]["variants"]] == [typing["name"], typing_all["name"]]
-    assert phase["ok"], completed.stdout
+    assert phase["ok"], output

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .benchrun import smoke_results
 
 
 def test_rooms_smoke_run_delivers_each_room_only_to_its_members(tmp_path: Path) -> None:
-    results_path = tmp_path / "rooms.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-    command = [sys.executable, "-m", "bench.fanout", "--only", "rooms", "--smoke"]
-    completed = subprocess.run(
-        [*command, "--json", str(results_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    phase = json.loads(results_path.read_text())["rooms"]
+    results, output = smoke_results(tmp_path, "--only", "rooms")
+    phase = results["rooms"]
 
     assert phase["users"] == 24 and phase["rooms"] == 8 and phase["workers"] == 2
     assert phase["added_missing"] == 0
@@ -53,4 +38,4 @@ def test_rooms_smoke_run_delivers_each_room_only_to_its_members(tmp_path: Path) 
         assert worker["only_member_rooms"], worker
     # Half the rooms have members on one worker only: each worker has rooms it is not in.
     assert all(worker["rooms_without_members"] > 0 for worker in workers)
-    assert phase["ok"], completed.stdout
+    assert phase["ok"], output

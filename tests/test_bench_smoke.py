@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .benchrun import smoke_results
 
 
 def test_smoke_run_delivers_every_message_once_in_order(tmp_path: Path) -> None:
-    results_path = tmp_path / "fanout.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.fanout", "--smoke", "--json", str(results_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    results = json.loads(results_path.read_text())
+    results, _ = smoke_results(tmp_path)
 
     steps = results["throughput"]["steps"]
     assert len(steps) == 1
