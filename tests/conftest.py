@@ -88,3 +88,14 @@ def smtp() -> Iterator[SmtpSink]:
         yield sink
     finally:
         sink.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp_sink() -> Iterator[SmtpSink]:
+    """One SMTP sink for a module's servers, bound when the module starts (a port picked
+    at import could be taken by another test's sink by then)."""
+    sink = SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()

@@ -28,23 +28,12 @@ redis = redis_client_fixture()
 
 
 @pytest.fixture(scope="module")
-def sink() -> Iterator[SmtpSink]:
-    # Started here, not at import: a port picked at collection time can be
-    # taken by another test's sink before this module runs.
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
 def server(
-    redis_server: RedisServer, sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChatServer]:
     env = server_env(
         redis_server,
-        **sink.env(),
+        **smtp_sink.env(),
         CHAT_NOTIFY_EMAIL_AFTER_MINUTES="0.02",
         CHAT_SMTP_TIMEOUT_SECONDS="2",
     )
@@ -63,7 +52,7 @@ async def answer(ws: ClientConnection, ref: str) -> dict[str, Any]:
 
 
 async def test_a_dm_to_someone_away_makes_exactly_one_email_with_two_workers(
-    server: ChatServer, redis: Redis, sink: SmtpSink
+    server: ChatServer, redis: Redis, smtp_sink: SmtpSink
 ) -> None:
     ann, bob, cy = [await log_in(redis, server, name) for name in ("ann", "bob", "cy")]
     # Ann and Cy keep sockets on both workers, so both workers are serving.
@@ -75,7 +64,7 @@ async def test_a_dm_to_someone_away_makes_exactly_one_email_with_two_workers(
         frame = {"type": "send", "room": room, "text": text, "client_id": text}
         await ann_ws.send(json.dumps(frame))
         await answer(ann_ws, text)
-    message = await asyncio.to_thread(sink.wait_for_message, "bob@example.com", 1, 30)
+    message = await asyncio.to_thread(smtp_sink.wait_for_message, "bob@example.com", 1, 30)
     plain = message.get_body(("plain",))
     assert plain is not None
     text = str(plain.get_content())
@@ -83,14 +72,14 @@ async def test_a_dm_to_someone_away_makes_exactly_one_email_with_two_workers(
     assert "secret" not in text and "ann@example.com" not in text
     # Both workers keep polling; still only the one email.
     await asyncio.sleep(3)
-    assert len(sink.messages_to("bob@example.com")) == 1
-    assert sink.messages_to("ann@example.com") == sink.messages_to("cy@example.com") == []
+    assert len(smtp_sink.messages_to("bob@example.com")) == 1
+    assert smtp_sink.messages_to("ann@example.com") == smtp_sink.messages_to("cy@example.com") == []
     for ws in (ann_ws, cy_ws):
         await ws.close()
 
 
 async def test_a_dm_seen_while_online_is_emailed_only_after_the_last_socket_closes(
-    server: ChatServer, redis: Redis, sink: SmtpSink
+    server: ChatServer, redis: Redis, smtp_sink: SmtpSink
 ) -> None:
     eve, dan = [await log_in(redis, server, name) for name in ("eve", "dan")]
     eve_ws, dan_ws = await on_two_workers(eve, dan)
@@ -101,10 +90,10 @@ async def test_a_dm_seen_while_online_is_emailed_only_after_the_last_socket_clos
     await answer(eve_ws, "psst")
     # Dan is online well past the delay: no email.
     await asyncio.sleep(3)
-    assert sink.messages_to("dan@example.com") == []
+    assert smtp_sink.messages_to("dan@example.com") == []
     # His socket closes with the DM unread: the email follows.
     await dan_ws.close()
-    message = await asyncio.to_thread(sink.wait_for_message, "dan@example.com", 1, 30)
+    message = await asyncio.to_thread(smtp_sink.wait_for_message, "dan@example.com", 1, 30)
     plain = message.get_body(("plain",))
     assert plain is not None and "1 unread direct message" in str(plain.get_content())
     await eve_ws.close()

@@ -54,15 +54,6 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def smtp_sink() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    try:
-        yield sink
-    finally:
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("browser-redis")).start()
     try:
